@@ -1,0 +1,1 @@
+"""Datasets: sources (synthetic, published layouts, user CSV) -> one common manifest."""

@@ -1,0 +1,55 @@
+# Shared helpers: config validation, output paths and the parameters handed to the CLI.
+import json
+import os
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+RESULTS = config["results"]
+DATASETS = list(config["datasets"])
+METHODS = config["methods"]
+SEEDS = config["seeds"]
+SPLITS = ["train", "val", "test"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    method="|".join(METHODS),
+    seed=r"\d+",
+    split="train|val|test",
+
+
+def dataset_cfg(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def as_arg(value):
+    """A config value as one shell-quoted JSON argument (params track it for reruns)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def base_model(wildcards):
+    """The frozen stack (VAE, text encoder, tokenizer) and initial UNet of a dataset's runs."""
+    return config["model"]["pretrained"] or f"{RESULTS}/models/{wildcards.dataset}/base"
+
+
+def base_model_input(wildcards):
+    """Rule input for the base stack: the built tiny stack, or nothing for a pretrained id."""
+    if config["model"]["pretrained"]:
+        return []
+    return f"{RESULTS}/models/{wildcards.dataset}/base"
+
+
+def all_targets():
+    return report_targets()
+
+
+def source_input(wildcards):
+    """What prepare_data reads: nothing for generated or local data, else the download's marker."""
+    cfg = dataset_cfg(wildcards)
+    if cfg["source"] in ("synthetic", "csv") or cfg.get("path"):
+        return []
+    return f"resources/{wildcards.dataset}/download.done"

@@ -1,0 +1,23 @@
+# Data: the configured source (synthetic, a local copy, a download) -> the common manifest.
+
+
+rule prepare_data:
+    input:
+        source=source_input,
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+    params:
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        out=lambda wc, output: os.path.dirname(output.manifest),
+    log:
+        f"logs/prepare_data/{{dataset}}.log",
+    benchmark:
+        f"benchmarks/prepare_data/{{dataset}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "fairdiff data --name {wildcards.dataset} --dataset {params.dataset} "
+        "--out {params.out} > {log} 2>&1"

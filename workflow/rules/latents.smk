@@ -1,0 +1,1 @@
+# Stage: latents (filled in by its issue).

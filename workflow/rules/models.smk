@@ -1,0 +1,1 @@
+# Stage: models (filled in by its issue).

@@ -1,0 +1,1 @@
+# Stage: sample (filled in by its issue).
