@@ -3,10 +3,14 @@ import json
 import os
 import shlex
 
-from snakemake.utils import validate
+from fairdiffusion.config import validate
+from fairdiffusion.errors import FairDiffError
 
-
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+try:
+    # Fills the schema's defaults into `config`; the error names the offending key in one line.
+    validate(config, schema_path=workflow.source_path("../schemas/config.schema.yaml"))
+except FairDiffError as err:
+    raise WorkflowError(str(err)) from None
 
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])

@@ -1,0 +1,73 @@
+"""Config validation against workflow/schemas/config.schema.yaml, with defaults filled in.
+
+Snakemake's own `validate()` prints the whole failing instance and schema; this module reports the
+first problem in one line that names the config key, then fills in the schema's defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import FairDiffError
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = sub["default"] if not isinstance(sub["default"], (dict, list)) \
+                        else type(sub["default"])(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _message(error) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = _key(error)
+        keys = ", ".join(f"'{k}'" for k in extra)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"config key {keys} under '{where}' is not a known setting{hint}"
+    if error.validator == "required":
+        return f"config '{_key(error)}': {error.message}"
+    return f"config key '{_key(error)}': {error.message}"
+
+
+def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Validate `config` in place, filling defaults; raise FairDiffError naming the bad key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = _with_defaults(validator_class)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise FairDiffError(_message(error))
+    return config
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a config file."""
+    path = Path(path)
+    if not path.exists():
+        raise FairDiffError(f"{path}: config file not found")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise FairDiffError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return validate(config)
+    except FairDiffError as err:
+        raise FairDiffError(f"{path}: {err}") from err
