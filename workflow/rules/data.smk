@@ -6,9 +6,6 @@ rule prepare_data:
         source=source_input,
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
-    params:
-        dataset=lambda wc: as_arg(dataset_cfg(wc)),
-        out=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"logs/prepare_data/{{dataset}}.log",
     benchmark:
@@ -18,6 +15,9 @@ rule prepare_data:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
         "fairdiff data --name {wildcards.dataset} --dataset {params.dataset} "
         "--out {params.out} > {log} 2>&1"
