@@ -1,0 +1,65 @@
+"""End-to-end bench: the default `snakemake` run from an empty results folder.
+
+Runs the default config in a fresh working directory (so it never touches ./results), then reads
+Snakemake's `benchmark:` files for wall time and peak RSS per rule. Targets: the whole default in
+at most 10 minutes on 2 cores, peak RSS under 4 GiB. Writes results/bench/end_to_end.csv and
+prints the ratio to the time target last.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 600.0
+TARGET_RSS_MB = 4096.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+
+    from fairdiffusion import io
+
+    workdir = Path(tempfile.mkdtemp(prefix="fairdiff-e2e-"))
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+         "--configfile", str(ROOT / "config.yaml"), "--cores", str(args.cores)],
+        check=True,
+    )
+    wall = time.perf_counter() - start
+
+    rows = []
+    for tsv in sorted((workdir / "benchmarks").rglob("*.tsv")):
+        bench = pd.read_csv(tsv, sep="\t")
+        rows.append({
+            "rule": tsv.relative_to(workdir / "benchmarks").parts[0],
+            "job": str(tsv.relative_to(workdir / "benchmarks").with_suffix("")),
+            "seconds": float(bench["s"].iloc[0]),
+            "max_rss_mb": float(pd.to_numeric(bench["max_rss"], errors="coerce").iloc[0]),
+        })
+    table = pd.DataFrame(rows)
+    io.write_csv(ROOT / "results" / "bench" / "end_to_end.csv", table)
+    by_rule = table.groupby("rule").agg(jobs=("job", "size"), seconds=("seconds", "sum"),
+                                        max_rss_mb=("max_rss_mb", "max"))
+    print(by_rule.sort_values("seconds", ascending=False).to_string())
+    peak = table["max_rss_mb"].max()
+    print(f"peak RSS {peak:.0f} MB = {peak / TARGET_RSS_MB:.2f} x the 4 GiB target")
+    if not args.keep:
+        shutil.rmtree(workdir)
+    else:
+        print(f"working directory kept: {workdir}")
+    print(f"default run wall time {wall:.0f} s = {wall / TARGET_S:.2f} x the 10 min target")
+
+
+if __name__ == "__main__":
+    main()
