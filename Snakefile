@@ -8,8 +8,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/latents.smk"
 include: "workflow/rules/train.smk"

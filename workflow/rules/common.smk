@@ -52,8 +52,11 @@ def all_targets():
 
 
 def source_input(wildcards):
-    """What prepare_data reads: nothing for generated or local data, else the download's marker."""
+    """What prepare_data reads: a user's CSV (so edits rerun it), nothing for generated or
+    local data, else the download's marker."""
     cfg = dataset_cfg(wildcards)
-    if cfg["source"] in ("synthetic", "csv") or cfg.get("path"):
+    if cfg["source"] == "csv":
+        return cfg["options"].get("csv") or []
+    if cfg["source"] == "synthetic" or cfg.get("path"):
         return []
     return f"resources/{wildcards.dataset}/download.done"

@@ -1,0 +1,243 @@
+"""FairGenMed (SLO fundus, glaucoma; Luo et al.) -> the common manifest.
+
+Published layout (Hugging Face `harvardairobotics/FairGenMed`, CC BY-NC-ND 4.0, non-commercial
+research only)::
+
+    {train,val,test}/data_NNNNN.npz          one subject each (the split is the folder)
+    {train,val,test}/slo_fundus_NNNNN.jpg    the same SLO photo as a JPG
+    data_summary.csv (or ReadMe/data_summary.csv)   filename, md_severity, cdr_status,
+                                             near_vision_refraction_stage, rnflt_status, ...
+
+Encodings (npz scalars; -1 or anything else = unknown, dropped and counted):
+    race      0 Asian, 1 Black, 2 White, or the long name ("Black or African American",
+              "White or Caucasian", "Asian")
+    male      0 Female, 1 Male                  (older releases: key `gender`)
+    hispanic  0 Non-Hispanic, 1 Hispanic        (older releases: key `ethnicity`)
+    glaucoma  0 non-glaucoma, 1 glaucoma
+
+Clinical words of the prompt, from data_summary.csv (a value is either the word itself, a
+synonym below, or an integer code = the position in the class list):
+    vision_loss           <- md_severity (visual-field mean-deviation severity):
+                             normal | mild (early) | moderate | severe (advanced)
+    cup_disc              <- cdr_status: normal | borderline | abnormal
+    spherical_equivalent  <- near_vision_refraction_stage (or `se_status` where a release
+                             has it): positive (hyperopia) | neutral (emmetropia) |
+                             negative (myopia)
+`rnflt_status` is not part of the authors' prompt and is not used. `options.columns` renames
+the source columns (label -> CSV column).
+
+Prompt (the authors' template, exactly)::
+
+    SLO fundus image of a {race} {gender} {ethnicity} patient with the following conditions:
+    {glaucoma}, {vision_loss} vision loss, {cup_disc} cup-disc ratio, {spherical_equivalent}
+
+Orientation: the SLO array inside the npz (`slo_fundus`) is not stored in the orientation of
+the published JPG (it is transposed/rotated relative to it). The authors' loaders (the Harvard
+ophthalmology family of FairCLIP/FairSeg/FairDiffusion data loaders) feed `slo_fundus` as
+stored (their `np.transpose` line is commented out), so the default here is the same:
+`options.image: npz`, `options.npz_orientation: as_stored`. `options.image: jpg` uses the
+published JPG instead; `npz_orientation` (transpose | rot90 | rot180 | rot270) turns the array
+explicitly. The authors' own FairDiffusion loader could not be read from here, so check one
+image of each choice against the paper's figures before a long run.
+
+Options: image, npz_orientation, columns, summary (path of data_summary.csv relative to the
+root), split_dirs ({split: folder}; default train/val/test), workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FairDiffError
+from . import images
+
+log = logging.getLogger(__name__)
+
+PROMPT = ("SLO fundus image of a {race} {gender} {ethnicity} patient with the following "
+          "conditions: {glaucoma}, {vision_loss} vision loss, {cup_disc} cup-disc ratio, "
+          "{spherical_equivalent}")
+
+UNKNOWN = "unknown"
+RACE = ["Asian", "Black", "White"]
+RACE_NAMES = {"asian": "Asian", "black": "Black", "black or african american": "Black",
+              "white": "White", "white or caucasian": "White"}
+GENDER = ["Female", "Male"]
+ETHNICITY = ["Non-Hispanic", "Hispanic"]
+GLAUCOMA = ["non-glaucoma", "glaucoma"]
+
+# label -> (class words in code order, synonyms seen in ophthalmic summaries)
+LABELS = {
+    "vision_loss": (["normal", "mild", "moderate", "severe"],
+                    {"early": "mild", "advanced": "severe"}),
+    "cup_disc": (["normal", "borderline", "abnormal"], {}),
+    "spherical_equivalent": (["positive", "neutral", "negative"],
+                             {"hyperopia": "positive", "hyperopic": "positive",
+                              "emmetropia": "neutral", "emmetropic": "neutral",
+                              "myopia": "negative", "myopic": "negative"}),
+}
+COLUMNS = {"vision_loss": "md_severity", "cup_disc": "cdr_status",
+           "spherical_equivalent": "near_vision_refraction_stage"}
+COLUMN_FALLBACKS = {"spherical_equivalent": "se_status"}
+
+SPLIT_DIRS = {"train": ("train", "Training"), "val": ("val", "Validation"),
+              "test": ("test", "Test")}
+ORIENTATIONS = {
+    "as_stored": lambda a: a,
+    "transpose": lambda a: np.swapaxes(a, 0, 1),
+    "rot90": lambda a: np.rot90(a, 1),
+    "rot180": lambda a: np.rot90(a, 2),
+    "rot270": lambda a: np.rot90(a, 3),
+}
+
+
+def code_or_word(value, classes: list[str], synonyms: dict | None = None) -> str:
+    """A stored value (integer code, number, word or synonym) as its class word, else unknown."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        text = value.strip()
+        lowered = {c.lower(): c for c in classes}
+        if text.lower() in lowered:
+            return lowered[text.lower()]
+        if synonyms and text.lower() in synonyms:
+            return synonyms[text.lower()]
+        try:
+            value = float(text)
+        except ValueError:
+            return UNKNOWN
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return UNKNOWN
+    if np.isnan(number) or number != int(number) or not 0 <= number < len(classes):
+        return UNKNOWN
+    return classes[int(number)]
+
+
+def race_word(value) -> str:
+    """race as an int code (0 Asian, 1 Black, 2 White) or the long string name."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value.strip().lower() in RACE_NAMES:
+        return RACE_NAMES[value.strip().lower()]
+    return code_or_word(value, RACE)
+
+
+def _scalar(data, keys: tuple[str, ...], path: Path):
+    for key in keys:
+        if key in data.files:
+            return data[key].item() if data[key].size == 1 else UNKNOWN
+    raise FairDiffError(f"{path}: none of the keys {list(keys)} found (keys: {data.files})")
+
+
+def _summary(root: Path, opts: dict) -> pd.DataFrame:
+    candidates = [opts["summary"]] if opts.get("summary") else ["data_summary.csv",
+                                                                "ReadMe/data_summary.csv"]
+    for candidate in candidates:
+        path = root / candidate
+        if path.exists():
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "filename" not in frame.columns:
+                raise FairDiffError(f"{path}: no 'filename' column (columns: "
+                                    f"{list(frame.columns)})")
+            return frame.drop_duplicates("filename").set_index("filename")
+    raise FairDiffError(f"{root}: data_summary.csv not found (tried {candidates}; set "
+                        f"options.summary to its path relative to the dataset folder)")
+
+
+def _columns(summary: pd.DataFrame, opts: dict, where: Path) -> dict:
+    chosen, given = {}, opts.get("columns") or {}
+    for label, default in COLUMNS.items():
+        column = given.get(label, default)
+        if label not in given and column not in summary.columns and label in COLUMN_FALLBACKS:
+            column = COLUMN_FALLBACKS[label]
+        if column not in summary.columns:
+            raise FairDiffError(f"{where}: data_summary.csv has no column '{column}' for "
+                                f"{label} (set options.columns.{label})")
+        chosen[label] = column
+    return chosen
+
+
+def _split_dirs(root: Path, opts: dict) -> dict:
+    given = opts.get("split_dirs")
+    found = {}
+    for split, defaults in SPLIT_DIRS.items():
+        names = [given[split]] if given and given.get(split) else list(defaults)
+        if given and split in given and given[split] is None:
+            continue
+        folder = next((root / n for n in names if (root / n).is_dir()), None)
+        if folder is None:
+            raise FairDiffError(f"{root}: no {split} folder (tried {names}; set "
+                                f"options.split_dirs.{split})")
+        found[split] = folder
+    return found
+
+
+def _loader(npz: Path, jpg: Path, opts: dict):
+    mode = opts.get("image", "npz")
+    if mode == "jpg":
+        return str(jpg), lambda: images.open_image(jpg)
+    orient = ORIENTATIONS[opts.get("npz_orientation", "as_stored")]
+
+    def load():
+        with np.load(npz, allow_pickle=False) as data:
+            return images.array_to_image(orient(data["slo_fundus"]))
+
+    return f"{npz}:slo_fundus", load
+
+
+def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
+    opts = cfg.get("options") or {}
+    if opts.get("image", "npz") not in ("npz", "jpg"):
+        raise FairDiffError(f"datasets.{name}.options.image: expected npz or jpg, "
+                            f"got {opts['image']!r}")
+    if opts.get("npz_orientation", "as_stored") not in ORIENTATIONS:
+        raise FairDiffError(f"datasets.{name}.options.npz_orientation: expected one of "
+                            f"{list(ORIENTATIONS)}, got {opts['npz_orientation']!r}")
+    root = images.source_root(name, cfg)
+    summary = _summary(root, opts)
+    columns = _columns(summary, opts, root)
+    log.info("FairGenMed is licensed CC BY-NC-ND 4.0: non-commercial research use only")
+
+    rows, loaders, missing_summary = [], {}, 0
+    for split, folder in _split_dirs(root, opts).items():
+        for npz in sorted(folder.glob("data_*.npz")):
+            stem = npz.stem
+            try:
+                with np.load(npz, allow_pickle=False) as data:
+                    race = race_word(_scalar(data, ("race",), npz))
+                    gender = code_or_word(_scalar(data, ("male", "gender"), npz), GENDER)
+                    ethnicity = code_or_word(_scalar(data, ("hispanic", "ethnicity"), npz),
+                                             ETHNICITY)
+                    glaucoma = code_or_word(_scalar(data, ("glaucoma",), npz), GLAUCOMA)
+            except (OSError, ValueError) as err:
+                raise FairDiffError(f"{npz}: cannot read the npz ({err})") from err
+            row = {"id": stem, "split": split, "patient": stem, "race": race, "gender": gender,
+                   "ethnicity": ethnicity, "glaucoma": glaucoma}
+            if npz.name in summary.index:
+                record = summary.loc[npz.name]
+                for label, column in columns.items():
+                    classes, synonyms = LABELS[label]
+                    row[label] = code_or_word(record[column], classes, synonyms)
+            else:
+                missing_summary += 1
+                row.update({label: UNKNOWN for label in LABELS})
+            row["prompt"] = PROMPT.format(**row)
+            rows.append(row)
+            jpg = folder / f"slo_fundus_{stem.removeprefix('data_')}.jpg"
+            loaders[stem] = _loader(npz, jpg, opts)
+    if not rows:
+        raise FairDiffError(f"{root}: no data_*.npz files in the split folders")
+    if missing_summary:
+        log.info("%d npz file(s) have no data_summary.csv row (their labels are unknown)",
+                 missing_summary)
+
+    frame = pd.DataFrame(rows)
+    frame = images.drop_unknown(frame, cfg["attributes"], "attribute")
+    frame = images.drop_unknown(frame, cfg["labels"], "label")
+    return images.write_rows(frame, loaders, out_dir, cfg["resolution"], opts.get("workers"),
+                             desc=f"{name} images")

@@ -1,0 +1,122 @@
+"""HAM10000 (dermoscopy; Tschandl et al. 2018) -> the common manifest.
+
+Published layout (Harvard Dataverse doi:10.7910/DVN/DBW86T; found anywhere under the root)::
+
+    HAM10000_metadata.csv (or .tab, the Dataverse archival form)
+        lesion_id, image_id, dx, dx_type, age, sex, localization
+    HAM10000_images_part_1/ISIC_*.jpg, HAM10000_images_part_2/ISIC_*.jpg
+
+Attributes and label (manifest value -> word of the authors' prompt):
+    gender      Female | Male from `sex` (unknown sex is dropped and counted)
+    age         under_60 -> "Age under 60", 60_or_older -> "Age equal 60 or older"
+                (age < 60 vs >= 60; a missing age is dropped and counted)
+    malignancy  malignant when dx is mel, bcc or akiec; benign for nv, bkl, df, vasc
+
+Prompt (the authors' template, exactly)::
+
+    Dermoscopic image of a {Male|Female} {Age under 60|Age equal 60 or older} patient with the
+    following diagnostic category: {benign|malignant}
+
+HAM10000 has no official train/val/test split and several images per lesion, so the split is
+drawn here at the lesion level, after unknown rows are dropped (`lesion_id`, the only patient-like key the dataset has; stored
+in the `patient` column): a seeded shuffle of the lesions cut by `options.split_fractions`
+(default train 0.7, val 0.1, test 0.2) with `options.split_seed` (default 0).
+
+Options: metadata (path relative to the root), split_fractions, split_seed, workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FairDiffError
+from . import images
+
+log = logging.getLogger(__name__)
+
+PROMPT = ("Dermoscopic image of a {gender} {age_words} patient with the following diagnostic "
+          "category: {malignancy}")
+UNKNOWN = "unknown"
+AGE_WORDS = {"under_60": "Age under 60", "60_or_older": "Age equal 60 or older"}
+MALIGNANT = {"mel", "bcc", "akiec"}
+BENIGN = {"nv", "bkl", "df", "vasc"}
+SEX = {"male": "Male", "female": "Female"}
+FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+COLUMNS = ("lesion_id", "image_id", "dx", "age", "sex")
+
+
+def age_group(age) -> str:
+    try:
+        age = float(age)
+    except (TypeError, ValueError):
+        return UNKNOWN
+    if np.isnan(age):
+        return UNKNOWN
+    return "under_60" if age < 60 else "60_or_older"
+
+
+def malignancy(dx) -> str:
+    dx = str(dx).strip().lower()
+    return "malignant" if dx in MALIGNANT else "benign" if dx in BENIGN else UNKNOWN
+
+
+def _metadata(root: Path, opts: dict) -> tuple[pd.DataFrame, Path]:
+    if opts.get("metadata"):
+        path = root / opts["metadata"]
+        if not path.exists():
+            raise FairDiffError(f"{path}: HAM10000 metadata not found (options.metadata)")
+    else:
+        found = sorted(p for p in root.rglob("HAM10000_metadata*")
+                       if p.suffix in (".csv", ".tab", ""))
+        if not found:
+            raise FairDiffError(f"{root}: HAM10000_metadata.csv not found (set "
+                                f"options.metadata to its path relative to the dataset folder)")
+        path = found[0]
+    sep = "\t" if path.suffix == ".tab" else ","
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise FairDiffError(f"{path}: missing column(s) {missing} (columns: {list(frame.columns)})")
+    return frame, path
+
+
+def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
+    opts = cfg.get("options") or {}
+    root = images.source_root(name, cfg)
+    meta, meta_path = _metadata(root, opts)
+    files = {}
+    for path in sorted(root.rglob("ISIC_*.jpg")):
+        files.setdefault(path.stem, path)
+
+    rows, missing = [], []
+    for record in meta.itertuples(index=False):
+        if record.image_id not in files:
+            missing.append(record.image_id)
+            continue
+        row = {"id": record.image_id, "patient": record.lesion_id,
+               "gender": SEX.get(str(record.sex).strip().lower(), UNKNOWN),
+               "age": age_group(record.age), "malignancy": malignancy(record.dx)}
+        row["prompt"] = PROMPT.format(age_words=AGE_WORDS.get(row["age"], UNKNOWN), **row)
+        rows.append(row)
+    if missing:
+        log.warning("%d image(s) listed in %s not found under %s (dropped), e.g. %s",
+                    len(missing), meta_path.name, root, missing[:3])
+    if not rows:
+        raise FairDiffError(f"{root}: none of the images listed in {meta_path} was found "
+                            f"(expected HAM10000_images_part_{{1,2}}/ISIC_*.jpg)")
+
+    frame = pd.DataFrame(rows)
+    frame = images.drop_unknown(frame, cfg["attributes"], "attribute")
+    frame = images.drop_unknown(frame, cfg["labels"], "label")
+    # split the lesions that remain, so the fractions describe the data actually used
+    split_of = images.patient_split(frame["patient"], opts.get("split_fractions") or FRACTIONS,
+                                    int(opts.get("split_seed", 0)),
+                                    f"datasets.{name}.options.split_fractions")
+    frame.insert(1, "split", frame["patient"].map(split_of))
+    loaders = {i: (str(files[i]), lambda p=files[i]: images.open_image(p)) for i in frame["id"]}
+    return images.write_rows(frame, loaders, out_dir, cfg["resolution"], opts.get("workers"),
+                             desc=f"{name} images")

@@ -1,0 +1,89 @@
+"""Image sets (a manifest split or a samples folder's prompts.csv) and their demographic groups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import FairDiffError
+
+log = logging.getLogger(__name__)
+
+
+def read_table(path: str | Path, split: str | None, attributes: dict, labels: dict) -> pd.DataFrame:
+    """Rows of an image set: a manifest (restricted to `split`) or a samples folder's prompts.csv.
+
+    Both carry the manifest columns; `image` is relative to the table's folder. Values outside
+    the declared groups/classes are an error (manifest.validate's message names the file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "prompts.csv"
+    if not path.exists():
+        raise FairDiffError(f"{path}: image table not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("id", "image", *attributes, *labels) if c not in frame.columns]
+    if missing:
+        raise FairDiffError(f"{path}: missing column(s) {missing}")
+    if split is not None:
+        if "split" not in frame.columns:
+            raise FairDiffError(f"{path}: no 'split' column to select the '{split}' split")
+        frame = frame[frame["split"] == split]
+    for kind, declared in (("attribute", attributes), ("label", labels)):
+        for column, values in declared.items():
+            bad = sorted(set(frame[column]) - set(values))
+            if bad:
+                raise FairDiffError(f"{path}: {kind} '{column}' has value(s) {bad[:5]} outside "
+                                    f"its declared values {values}")
+    if frame.empty:
+        raise FairDiffError(f"{path}: no images" + (f" in split '{split}'" if split else ""))
+    frame = frame.reset_index(drop=True)
+    frame.attrs["root"] = str(path.parent)
+    frame.attrs["source"] = str(path)
+    return frame
+
+
+def load_images(frame: pd.DataFrame) -> np.ndarray:
+    """The table's images as uint8 [N, H, W, 3] (all images must share one size)."""
+    root = Path(frame.attrs["root"])
+    arrays = []
+    for image in frame["image"]:
+        path = Path(image) if Path(image).is_absolute() else root / image
+        try:
+            with Image.open(path) as img:
+                arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        except OSError as err:
+            raise FairDiffError(f"{path}: cannot read image ({err})") from err
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise FairDiffError(f"{frame.attrs['source']}: images of different sizes {sorted(shapes)[:3]}")
+    return np.stack(arrays)
+
+
+class UInt8Images(Dataset):
+    """uint8 [N, H, W, 3] images as a Dataset of uint8 [3, H, W] tensors (torch-fidelity's input)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def groups(frame: pd.DataFrame, attributes: dict) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(attribute, group, boolean mask): ("all", "all") first, then every declared group."""
+    yield "all", "all", np.ones(len(frame), dtype=bool)
+    for attribute, values in attributes.items():
+        column = frame[attribute].to_numpy()
+        for group in values:
+            yield attribute, group, column == group

@@ -1,0 +1,483 @@
+"""Fair Bayesian Perturbation (DESIGN.md 1.1): per-sample loss weights whose per-group scales are
+chosen online by Bayesian optimisation of a fairness objective.
+
+A small pure module (no I/O, no training loop). The training loop uses it once per step:
+
+    weighting = make_weighting(method, attributes, settings, seed, rank, broadcast)
+    w = weighting.weights(groups)                        # [B] loss weights of the local batch
+    loss = (w * per_sample_loss).mean()
+    weighting.observe(losses, groups, timesteps, step)   # gathered, unweighted, detached
+
+Arms (`method`):
+  baseline          w_i = 1 (plain fine-tuning; its scales are reported as 0: w = 1 + 0 * z).
+  fairdiffusion     w_i = 1 + sum_a sigma[a, g_a(i)] z_ia, sigma chosen by BO (the paper).
+  random            w_i = 1 + sum_a z_ia: sigma fixed at 1, no BO (the paper's ablation).
+  fairdiffusion_vr  fairdiffusion with a variance-reduced objective; NOT the paper, off by
+                    default. The paper's y is dominated by per-sample timestep noise (a pre-study
+                    measured a within-window sd of y ~0.2 against a mean of ~-0.36, so the GP's
+                    picks were close to random). Here each loss is divided by a running mean loss
+                    of its timestep bucket (VR_BUCKETS equal buckets over NUM_TRAIN_TIMESTEPS,
+                    EMA with VR_MOMENTUM) before the group gaps are taken.
+Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting and
+what the GP is fitted to differ.
+
+Order within one step t (t = number of observe() calls before this one, from 0):
+  1. weights(): w_i = 1 + sum_a sigma_t[a, g_a(i)] z_ia, z fresh from the per-rank stream.
+  2. the training loop optimises mean_i(w_i l_i).
+  3. observe(): y_t from the unweighted gathered losses; the pair (sigma_t, y_t) is recorded, so
+     the recorded sigma is the one that produced this step's weights.
+  4. if (t + 1) % time_window == 0: fit the GP to the window's pairs, sigma := argmax UCB,
+     broadcast from process 0, history cleared (also when the update is skipped).
+  5. sigma_{t+1} = rho * sigma + (1 - rho) * u_t, u_t ~ U(0,1)^D, applied every step, also right
+     after a BO update: the maximiser is used in its refreshed form, as "every step" says.
+  So step 0 uses sigma = 1 exactly (the initialisation) and equals the `random` arm's weights.
+
+Weights can be negative (as in the paper: z is unbounded); the weighted loss stays finite and
+that is kept on purpose.
+
+Randomness: every draw comes from a torch.Generator reseeded from (seed, stream, [rank], t, call)
+through numpy's SeedSequence, so a run is reproducible, never touches the training RNG, and a
+resumed run continues identically on any number of ranks without storing generator states.
+z is per rank (local samples); u and the BO seed are shared (same on every rank); the BO's own use
+of torch's global RNG (optimize_acqf's raw samples, fit retries) runs inside
+torch.random.fork_rng seeded from the shared stream.
+
+Trajectory rows (bo_trajectory.csv), column `kind`:
+  step       one per observe(): the sigma that produced the step's weights, raw gap per
+             attribute, mean loss, y (paper objective), y_vr (variance-reduced), note.
+  bo_update  one per BO update or skipped update (BO arms only): the new sigma (the maximiser,
+             before the refresh; the kept sigma when skipped), acquisition value, window means of
+             gaps and loss, y_window_mean (window mean of the objective the GP is fitted to),
+             note (why an update was skipped, or which warnings BoTorch raised).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FairDiffError
+
+log = logging.getLogger(__name__)
+
+ARMS = ("baseline", "fairdiffusion", "random", "fairdiffusion_vr")
+DEFAULT_SETTINGS = {
+    "time_window": 30,
+    "exploitation_rate": 0.95,
+    "ucb_beta": 0.1,
+    "num_restarts": 5,
+    "raw_samples": 20,
+    "attributes": None,
+}
+# fairdiffusion_vr only (beyond the paper): timestep buckets and their running-mean momentum.
+VR_BUCKETS = 10
+VR_MOMENTUM = 0.98
+NUM_TRAIN_TIMESTEPS = 1000
+
+# Random streams (the second entry of every seed key).
+_STREAM_Z, _STREAM_U, _STREAM_BO = 1, 2, 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure pieces: each is one formula of DESIGN.md 1.1.
+
+
+def perturbation_weights(groups: torch.Tensor, sigma_per_attr: Sequence[torch.Tensor],
+                         z: torch.Tensor) -> torch.Tensor:
+    """w_i = 1 + sum_a sigma_a[g_a(i)] * z_ia.
+
+    groups: [B, A] group index per attribute; sigma_per_attr: A tensors [G_a]; z: [B, A].
+    """
+    w = torch.ones(groups.shape[0], dtype=z.dtype)
+    for a, sigma_a in enumerate(sigma_per_attr):
+        w = w + sigma_a.to(z.dtype)[groups[:, a]] * z[:, a]
+    return w
+
+
+def group_gaps(losses: torch.Tensor, groups: torch.Tensor,
+               group_sizes: Sequence[int]) -> torch.Tensor:
+    """Per attribute, max_g mean(l | g) - min_g mean(l | g) over the groups present; an attribute
+    with fewer than 2 groups present gets 0. Returns float64 [A]."""
+    losses = losses.to(torch.float64)
+    gaps = torch.zeros(len(group_sizes), dtype=torch.float64)
+    for a, size in enumerate(group_sizes):
+        g = groups[:, a]
+        counts = torch.bincount(g, minlength=size)
+        sums = torch.zeros(size, dtype=torch.float64).index_add_(0, g, losses)
+        present = counts > 0
+        if int(present.sum()) >= 2:
+            means = sums[present] / counts[present]
+            gaps[a] = means.max() - means.min()
+    return gaps
+
+
+def fairness_objective(losses: torch.Tensor, groups: torch.Tensor,
+                       group_sizes: Sequence[int]) -> tuple[float, torch.Tensor]:
+    """y = -sum_a gap_a (higher is fairer); returns (y, gaps [A])."""
+    gaps = group_gaps(losses, groups, group_sizes)
+    return -float(gaps.sum()), gaps
+
+
+def refresh(sigma: torch.Tensor, u: torch.Tensor, rate: float) -> torch.Tensor:
+    """sigma <- rate * sigma + (1 - rate) * u (u ~ U(0,1)^D keeps sigma in [0,1] and explores)."""
+    return rate * sigma + (1.0 - rate) * u
+
+
+def timestep_buckets(timesteps: torch.Tensor, num_buckets: int = VR_BUCKETS,
+                     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """Equal-width bucket index of each training timestep (out-of-range values are clamped)."""
+    b = timesteps.to(torch.long) * num_buckets // num_train_timesteps
+    return b.clamp(0, num_buckets - 1)
+
+
+def update_bucket_means(means: torch.Tensor, counts: torch.Tensor, losses: torch.Tensor,
+                        buckets: torch.Tensor, momentum: float = VR_MOMENTUM
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA of the mean loss per bucket: a bucket seen for the first time takes the batch mean,
+    later m_b <- momentum * m_b + (1 - momentum) * batch mean of bucket b. Returns new tensors."""
+    n = len(means)
+    batch_counts = torch.bincount(buckets, minlength=n)
+    batch_sums = torch.zeros(n, dtype=torch.float64).index_add_(0, buckets, losses.double())
+    seen_now = batch_counts > 0
+    batch_means = batch_sums / batch_counts.clamp(min=1)
+    ema = momentum * means + (1.0 - momentum) * batch_means
+    new_means = torch.where(seen_now, torch.where(counts > 0, ema, batch_means), means)
+    return new_means, counts + batch_counts
+
+
+class Proposal(NamedTuple):
+    sigma: torch.Tensor | None  # None: keep the current sigma (the note says why)
+    acq_value: float
+    note: str
+
+
+def _triage(caught: list, stage: str) -> list[str]:
+    """Turn BoTorch's expected warnings into notes; re-emit anything unexpected."""
+    from botorch.exceptions.warnings import BadInitialCandidatesWarning, OptimizationWarning
+    from gpytorch.utils.warnings import NumericalWarning
+
+    notes = []
+    for w in caught:
+        if issubclass(w.category, (BadInitialCandidatesWarning, OptimizationWarning,
+                                   NumericalWarning)):
+            note = f"{stage}: {w.category.__name__}"
+            if note not in notes:
+                notes.append(note)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
+
+
+def bo_propose(X: torch.Tensor, Y: torch.Tensor, settings: dict, seed: int) -> Proposal:
+    """Fit SingleTaskGP (exact marginal likelihood) to (X in [0,1]^D, Y) and maximise
+    UCB(beta = ucb_beta) over [0,1]^D with optimize_acqf (q = 1).
+
+    Corners: fewer than 2 distinct points or zero variance in Y -> skipped; a GP fit or an
+    acquisition optimisation that fails -> skipped. A fit that only succeeded after BoTorch's
+    retries (OptimizationWarning) and optimize_acqf's BadInitialCandidatesWarning (no raw sample
+    had a usable acquisition value, so restarts started from random points) still give a valid
+    maximiser: they are noted, not treated as failures. Inputs are float64 with a Normalize
+    transform over the known bounds and outcomes are standardised, so BoTorch raises no
+    InputDataWarning. Torch's global RNG is forked and seeded with `seed`.
+    """
+    X = X.to(torch.float64)
+    Y = Y.to(torch.float64).reshape(-1, 1)
+    d = X.shape[1]
+    if len(X) < 2 or torch.unique(X, dim=0).shape[0] < 2:
+        return Proposal(None, math.nan, "skipped: fewer than 2 distinct sigma points")
+    if bool(Y.max() == Y.min()):
+        return Proposal(None, math.nan, "skipped: zero variance in y")
+    # A GP on a few dozen points is overhead-bound: run it on one thread (on a busy 2-core
+    # machine 2 threads took ~12 s against ~1.4 s), which also makes it machine-independent.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_and_maximise(X, Y, settings, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_and_maximise(X: torch.Tensor, Y: torch.Tensor, settings: dict, seed: int) -> Proposal:
+    from botorch.acquisition import UpperConfidenceBound
+    from botorch.exceptions.errors import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.input import Normalize
+    from botorch.models.transforms.outcome import Standardize
+    from botorch.optim import optimize_acqf
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from linear_operator.utils.errors import NotPSDError
+
+    d = X.shape[1]
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(torch.float64)
+    notes: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = SingleTaskGP(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+                                     outcome_transform=Standardize(m=1))
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+                failure = None
+            except (ModelFittingError, NotPSDError) as err:
+                failure = f"GP fit failed ({type(err).__name__}), sigma kept"
+        notes += _triage(caught, "fit")
+        if failure:
+            return Proposal(None, math.nan, "; ".join([*notes, failure]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                candidate, acq_value = optimize_acqf(
+                    UpperConfidenceBound(model, beta=settings["ucb_beta"]), bounds=bounds, q=1,
+                    num_restarts=settings["num_restarts"], raw_samples=settings["raw_samples"])
+                failure = None
+            except NotPSDError as err:
+                failure = f"acquisition optimisation failed ({type(err).__name__}), sigma kept"
+        notes += _triage(caught, "acqf")
+        if failure:
+            return Proposal(None, math.nan, "; ".join([*notes, failure]))
+    return Proposal(candidate.detach().reshape(d).clamp(0.0, 1.0), float(acq_value),
+                    "; ".join(notes))
+
+
+# ----------------------------------------------------------------------------------------------
+# The stateful hook used by the training loop.
+
+
+def _check_settings(settings: dict | None, attributes: dict) -> dict:
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise FairDiffError(f"fair_bayes: unknown key(s) {unknown}; expected "
+                            f"{sorted(DEFAULT_SETTINGS)}")
+    if not (isinstance(settings["time_window"], int) and settings["time_window"] >= 2):
+        raise FairDiffError("fair_bayes.time_window: expected an integer >= 2")
+    if not 0.0 <= float(settings["exploitation_rate"]) <= 1.0:
+        raise FairDiffError("fair_bayes.exploitation_rate: expected a number in [0, 1]")
+    if float(settings["ucb_beta"]) < 0:
+        raise FairDiffError("fair_bayes.ucb_beta: expected a number >= 0")
+    for key in ("num_restarts", "raw_samples"):
+        if not (isinstance(settings[key], int) and settings[key] >= 1):
+            raise FairDiffError(f"fair_bayes.{key}: expected a positive integer")
+    chosen = settings["attributes"]
+    if chosen is not None:
+        bad = [a for a in chosen if a not in attributes]
+        if bad or not chosen:
+            raise FairDiffError(f"fair_bayes.attributes: {bad or 'empty list'} not among the "
+                                f"dataset's attributes {list(attributes)}")
+    return settings
+
+
+class FairBayesWeighting:
+    """State of one arm on one rank; see the module docstring for the order within a step."""
+
+    def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict | None,
+                 seed: int, rank: int = 0,
+                 broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if method not in ARMS:
+            raise FairDiffError(f"method '{method}': expected one of {list(ARMS)}")
+        if not attributes or any(len(g) < 1 for g in attributes.values()):
+            raise FairDiffError("attributes: expected at least one attribute with its groups")
+        self.method = method
+        self.settings = _check_settings(settings, attributes)
+        self.seed, self.rank = int(seed), int(rank)
+        self.broadcast = broadcast or (lambda tensor: tensor)
+        self.attributes = {a: list(g) for a, g in attributes.items()}
+        self.group_sizes = [len(g) for g in self.attributes.values()]
+        names = list(self.attributes)
+        chosen = self.settings["attributes"] or names
+        # Perturbed attributes, in the dataset's order (the layout of sigma).
+        self.selected = [i for i, a in enumerate(names) if a in chosen]
+        self._sizes_sel = [self.group_sizes[i] for i in self.selected]
+        self.dim = sum(self._sizes_sel)
+        self.optimises = method in ("fairdiffusion", "fairdiffusion_vr")
+        self.sigma = torch.full((self.dim,), 0.0 if method == "baseline" else 1.0,
+                                dtype=torch.float64)
+        self.columns = (["step", "kind"]
+                        + [f"sigma_{names[i]}_{g}" for i in self.selected
+                           for g in self.attributes[names[i]]]
+                        + ["acq_value"] + [f"gap_{a}" for a in names]
+                        + ["mean_loss", "y", "y_vr", "y_window_mean", "note"])
+        self._gen = torch.Generator()
+        self._steps = 0  # observe() calls so far = index t of the current step
+        self._calls = 0  # weights() calls within the current step (gradient accumulation)
+        self._history: dict[str, list] = {"sigma": [], "y": [], "gaps": [], "loss": []}
+        self.vr_means = torch.zeros(VR_BUCKETS, dtype=torch.float64)
+        self.vr_counts = torch.zeros(VR_BUCKETS, dtype=torch.long)
+        self._rows: list[dict] = []
+
+    # -- randomness ------------------------------------------------------------------------------
+
+    def _seed(self, *key: int) -> int:
+        return int(np.random.SeedSequence([self.seed, *key]).generate_state(1, np.uint32)[0])
+
+    def _generator(self, *key: int) -> torch.Generator:
+        return self._gen.manual_seed(self._seed(*key))
+
+    # -- per step --------------------------------------------------------------------------------
+
+    def _check_groups(self, groups: torch.Tensor) -> torch.Tensor:
+        groups = groups.to("cpu")
+        if groups.dim() != 2 or groups.shape[1] != len(self.group_sizes):
+            raise ValueError(f"groups: expected shape [B, {len(self.group_sizes)}], "
+                             f"got {list(groups.shape)}")
+        if groups.dtype.is_floating_point or groups.dtype == torch.bool:
+            raise ValueError(f"groups: expected an integer tensor, got {groups.dtype}")
+        groups = groups.to(torch.long)
+        if len(groups) and (bool((groups < 0).any())
+                            or bool((groups >= torch.tensor(self.group_sizes)).any())):
+            raise ValueError(f"groups: indices outside the group counts {self.group_sizes}")
+        return groups
+
+    def sigma_per_attr(self) -> list[torch.Tensor]:
+        return list(torch.split(self.sigma, self._sizes_sel))
+
+    def weights(self, groups: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights [B] (float32, on groups' device) for the local batch."""
+        device = groups.device
+        groups = self._check_groups(groups)
+        if self.method == "baseline":
+            return torch.ones(len(groups), device=device)
+        gen = self._generator(_STREAM_Z, self.rank, self._steps, self._calls)
+        self._calls += 1
+        z = torch.randn(len(groups), len(self.selected), generator=gen, dtype=torch.float64)
+        w = perturbation_weights(groups[:, self.selected], self.sigma_per_attr(), z)
+        return w.to(device=device, dtype=torch.float32)
+
+    def observe(self, losses: torch.Tensor, groups: torch.Tensor, timesteps: torch.Tensor,
+                step: int) -> None:
+        """Record the step's objective (gathered batch, unweighted losses); every time_window
+        steps run the BO update; then refresh sigma. `step` only labels the trajectory rows."""
+        t = self._steps
+        losses = losses.detach().to("cpu", torch.float64).reshape(-1)
+        groups = self._check_groups(groups)
+        timesteps = timesteps.detach().to("cpu").reshape(-1)
+        if not len(losses) == len(groups) == len(timesteps):
+            raise ValueError(f"observe: {len(losses)} losses, {len(groups)} group rows and "
+                             f"{len(timesteps)} timesteps; expected equal lengths")
+        y, gaps = fairness_objective(losses, groups, self.group_sizes)
+        y = -float(gaps[self.selected].sum())
+        note = ""
+        if bool(torch.isfinite(losses).all()):
+            self.vr_means, self.vr_counts = update_bucket_means(
+                self.vr_means, self.vr_counts, losses, timestep_buckets(timesteps))
+            normalised = losses / self.vr_means[timestep_buckets(timesteps)].clamp(min=1e-12)
+            y_vr = -float(group_gaps(normalised, groups, self.group_sizes)[self.selected].sum())
+        else:
+            y_vr = math.nan
+            note = "non-finite loss: pair not recorded"
+        objective = y_vr if self.method == "fairdiffusion_vr" else y
+        mean_loss = float(losses.mean()) if len(losses) else math.nan
+        if self.optimises and math.isfinite(objective):
+            self._history["sigma"].append(self.sigma.clone())
+            self._history["y"].append(objective)
+            self._history["gaps"].append(gaps)
+            self._history["loss"].append(mean_loss)
+        self._rows.append(self._row(step, "step", self.sigma, math.nan, gaps.tolist(),
+                                    mean_loss, y, y_vr, math.nan, note))
+        self._steps += 1
+        self._calls = 0
+        if self.optimises:
+            if self._steps % self.settings["time_window"] == 0:
+                self._bo_update(step, t)
+            u = torch.rand(self.dim, generator=self._generator(_STREAM_U, t),
+                           dtype=torch.float64)
+            self.sigma = refresh(self.sigma, u, float(self.settings["exploitation_rate"]))
+
+    def _bo_update(self, step: int, t: int) -> None:
+        h = self._history
+        n = len(h["y"])
+        X = torch.stack(h["sigma"]) if n else torch.zeros(0, self.dim, dtype=torch.float64)
+        Y = torch.tensor(h["y"], dtype=torch.float64)
+        proposal = bo_propose(X, Y, self.settings, self._seed(_STREAM_BO, t))
+        new = proposal.sigma if proposal.sigma is not None else self.sigma
+        # Every rank calls broadcast at every BO step (a collective), whatever it decided.
+        self.sigma = self.broadcast(new.clone()).to("cpu", torch.float64)
+        gaps = torch.stack(h["gaps"]).mean(0).tolist() if n else [math.nan] * len(self.group_sizes)
+        self._rows.append(self._row(
+            step, "bo_update", self.sigma, proposal.acq_value, gaps,
+            float(np.mean(h["loss"])) if n else math.nan, math.nan, math.nan,
+            float(Y.mean()) if n else math.nan, proposal.note))
+        if proposal.note:
+            log.info("BO update at step %s: %s", step, proposal.note)
+        self._history = {"sigma": [], "y": [], "gaps": [], "loss": []}
+
+    def _row(self, step, kind, sigma, acq_value, gaps, mean_loss, y, y_vr, y_window_mean, note):
+        values = [int(step), kind, *sigma.tolist(), acq_value, *gaps, mean_loss, y, y_vr,
+                  y_window_mean, note]
+        return dict(zip(self.columns, values))
+
+    # -- trajectory ------------------------------------------------------------------------------
+
+    @property
+    def trajectory(self) -> list[dict]:
+        """Rows not yet popped (all rows when pop_trajectory is never called)."""
+        return list(self._rows)
+
+    def pop_trajectory(self) -> list[dict]:
+        """Rows since the last pop; they are dropped here (the caller appends them to its CSV)."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Tensors (safetensors-able) plus JSON-able scalars. Unpopped trajectory rows are not
+        part of it: the training loop persists popped rows with its checkpoint."""
+        h = self._history
+        n = len(h["y"])
+        return {
+            "sigma": self.sigma.clone(),
+            "history_sigma": (torch.stack(h["sigma"]) if n
+                              else torch.zeros(0, self.dim, dtype=torch.float64)),
+            "history_y": torch.tensor(h["y"], dtype=torch.float64),
+            "history_gaps": (torch.stack(h["gaps"]) if n
+                             else torch.zeros(0, len(self.group_sizes), dtype=torch.float64)),
+            "history_loss": torch.tensor(h["loss"], dtype=torch.float64),
+            "vr_bucket_means": self.vr_means.clone(),
+            "vr_bucket_counts": self.vr_counts.clone(),
+            "method": self.method,
+            "seed": self.seed,
+            "steps_observed": self._steps,
+            "weights_calls": self._calls,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.method or int(state.get("seed", -1)) != self.seed:
+            raise FairDiffError(f"method state: saved for method {state.get('method')!r} seed "
+                                f"{state.get('seed')}, expected {self.method!r} seed {self.seed}")
+        sigma = torch.as_tensor(state["sigma"], dtype=torch.float64)
+        if sigma.shape != (self.dim,):
+            raise FairDiffError(f"method state: sigma has shape {list(sigma.shape)}, expected "
+                                f"[{self.dim}] (were the attributes changed?)")
+        self.sigma = sigma.clone()
+        hx = torch.as_tensor(state["history_sigma"], dtype=torch.float64)
+        self._history = {
+            "sigma": [row.clone() for row in hx],
+            "y": torch.as_tensor(state["history_y"], dtype=torch.float64).tolist(),
+            "gaps": [row.clone() for row in
+                     torch.as_tensor(state["history_gaps"], dtype=torch.float64)],
+            "loss": torch.as_tensor(state["history_loss"], dtype=torch.float64).tolist(),
+        }
+        self.vr_means = torch.as_tensor(state["vr_bucket_means"], dtype=torch.float64).clone()
+        self.vr_counts = torch.as_tensor(state["vr_bucket_counts"], dtype=torch.long).clone()
+        self._steps = int(state["steps_observed"])
+        self._calls = int(state["weights_calls"])
+        self._rows = []
+
+
+def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict | None,
+                   seed: int, rank: int = 0,
+                   broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> FairBayesWeighting:
+    """The loss weighting of one arm. `attributes`: the dataset's {attribute: [groups]} (the
+    column order of `groups`); `settings`: the config's fair_bayes section; `broadcast(tensor)`:
+    returns process 0's copy of a CPU float64 tensor (e.g. accelerate.utils.broadcast; with NCCL
+    move it to the device and back); it is called by every rank at every BO step."""
+    return FairBayesWeighting(method, attributes, settings, seed, rank, broadcast)

@@ -1,0 +1,268 @@
+"""The latent-diffusion stack: load a pretrained one, or build the tiny one (`fairdiff base-model`).
+
+One code path for tiny and real models: every later stage loads the stack with `load(base, ...)`,
+where `base` is a diffusers model id (e.g. stabilityai/stable-diffusion-2-1, resolved through the
+Hugging Face cache, honouring HF_HOME and HF_HUB_OFFLINE) or a local diffusers folder.
+
+With `model.pretrained: null`, `fairdiff base-model` builds the stack from the architecture
+configs shipped in configs/<tiny_architecture>/ (AutoencoderKL, UNet2DConditionModel,
+CLIPTextModel, DDPM scheduler, the offline tokenizer of tokenizer.py), trains the VAE on the
+dataset's train split (a random decoder only gives noise), sets the VAE's scaling_factor to
+1/std of its latents, and saves everything with save_pretrained as a stock
+StableDiffusionPipeline folder. It also measures the VAE ceiling: how often the labels measured
+on VAE reconstructions of the val split match the truth, per group (vae_ceiling.csv) - a
+generated image cannot carry a label better than the autoencoder reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io
+from .data import manifest
+from .errors import FairDiffError
+
+log = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).parent / "configs"
+# The base stack is shared by every training seed, so its own seed is fixed.
+BASE_SEED = 0
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the cores Snakemake gave the job, not all of the machine's."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load(base: str, component: str):
+    """One component of a diffusers stack (vae, unet, text_encoder, tokenizer, scheduler)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    classes = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "text_encoder": CLIPTextModel,
+               "tokenizer": CLIPTokenizer, "scheduler": DDPMScheduler}
+    local = Path(base)
+    if local.exists() and not (local / "model_index.json").exists():
+        raise FairDiffError(f"model '{base}': folder has no model_index.json; expected a "
+                            f"diffusers pipeline folder (save_pretrained layout)")
+    try:
+        return classes[component].from_pretrained(base, subfolder=component)
+    except (OSError, ValueError) as err:
+        where = "local folder" if local.exists() else "model id (Hugging Face cache: HF_HOME)"
+        raise FairDiffError(f"model '{base}': could not load its {component} from this {where} "
+                            f"- set model.pretrained to a downloaded diffusers model, or null for "
+                            f"the tiny stack ({type(err).__name__}: {str(err).splitlines()[0]})"
+                            ) from None
+
+
+def read_images(manifest_path: str | Path, frame) -> np.ndarray:
+    """The images of manifest rows as uint8 [N, H, W, 3]."""
+    from PIL import Image
+
+    images = []
+    for name in frame["image"]:
+        path = manifest.image_path(manifest_path, name)
+        if not path.exists():
+            raise FairDiffError(f"{path}: image listed in {manifest_path} not found")
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+    sizes = {im.shape for im in images}
+    if len(sizes) > 1:
+        raise FairDiffError(f"{manifest_path}: images have different sizes {sorted(sizes)[:3]}; "
+                            f"expected one resolution")
+    return np.stack(images)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1] (the VAE's input range)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (rounded like diffusers' pipelines)."""
+    images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    return (images * 255).round().to(torch.uint8).numpy()
+
+
+def build_tiny(architecture: str, resolution: int):
+    """The untrained tiny stack from the configs in configs/<architecture>/ (seeded)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = CONFIGS / architecture
+    needed = ["vae/config.json", "unet/config.json", "text_encoder/config.json",
+              "tokenizer/vocab.json", "scheduler/scheduler_config.json"]
+    missing = [n for n in needed if not (folder / n).exists()]
+    if missing:
+        raise FairDiffError(f"model.tiny_architecture '{architecture}': {folder} lacks {missing}")
+    torch.manual_seed(BASE_SEED)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if resolution % factor:
+        raise FairDiffError(f"dataset resolution {resolution} is not a multiple of the VAE's "
+                            f"downsampling factor {factor}")
+    vae.register_to_config(sample_size=resolution)
+    unet_config = dict(UNet2DConditionModel.load_config(folder / "unet"))
+    unet_config["sample_size"] = resolution // factor
+    unet = UNet2DConditionModel.from_config(unet_config)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_config = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+    if text_config.max_position_embeddings < tokenizer.model_max_length:
+        raise FairDiffError(f"{folder}: text_encoder max_position_embeddings "
+                            f"{text_config.max_position_embeddings} < tokenizer model_max_length "
+                            f"{tokenizer.model_max_length}")
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float,
+              seed: int = BASE_SEED) -> list[float]:
+    """Reconstruction training (MSE + a tiny KL term, as Stable Diffusion's VAE) with one-cycle LR."""
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
+                                                   total_steps=steps, pct_start=0.1)
+    vae.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="VAE", mininterval=5):
+        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        loss = torch.nn.functional.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        if not torch.isfinite(loss):
+            raise FairDiffError(f"VAE training: non-finite loss at step {len(losses)}; lower "
+                                f"model.vae.learning_rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Unscaled latents: the mean of the VAE's posterior (deterministic)."""
+    return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mode()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([vae.decode(latents[i:i + batch_size]).sample
+                      for i in range(0, len(latents), batch_size)])
+
+
+def label_accuracy(measured, frame, attributes: dict, labels: list[str]) -> list[dict]:
+    """Share of rows whose measured label equals the manifest's, overall and per group."""
+    rows = []
+    keys = [("all", "all", np.ones(len(frame), bool))]
+    for attribute, groups in attributes.items():
+        keys += [(attribute, g, (frame[attribute] == g).to_numpy()) for g in groups]
+    for attribute, group, mask in keys:
+        for label in labels:
+            hit = measured[label].astype(str).to_numpy() == frame[label].to_numpy()
+            rows.append({"attribute": attribute, "group": group, "label": label,
+                         "n": int(mask.sum()),
+                         "accuracy": float(hit[mask].mean()) if mask.any() else math.nan})
+    return rows
+
+
+def vae_ceiling(vae, real: np.ndarray, frame, attributes: dict, labels: dict):
+    """Measured-label accuracy on real images and on their VAE reconstructions, per group."""
+    import pandas as pd
+    from .data.synthetic import measure
+
+    recon = to_uint8(decode(vae, encode(vae, to_tensor(real))))
+    measured_real = measure(real)
+    measured_recon = measure(recon)
+    names = [n for n in labels if n in measured_real.columns]
+    table = pd.DataFrame(label_accuracy(measured_real, frame, attributes, names)).rename(
+        columns={"accuracy": "real_accuracy"})
+    table["reconstruction_accuracy"] = [
+        r["accuracy"] for r in label_accuracy(measured_recon, frame, attributes, names)]
+    # in the VAE's [-1, 1] range, comparable with its training loss
+    mse = float(np.mean(((recon.astype(np.float64) - real) / 127.5) ** 2))
+    return table, mse
+
+
+def save_stack(stack: dict, out: Path) -> None:
+    """Save a stack as a stock StableDiffusionPipeline folder (model_index.json + components)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**stack, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: Path) -> dict:
+    """`fairdiff base-model`: build the tiny stack, train its VAE, measure its ceiling, save."""
+    frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
+    stack = build_tiny(model["tiny_architecture"], int(dataset["resolution"]))
+    train = frame[frame["split"] == "train"]
+    images = to_tensor(read_images(manifest_path, train))
+    if images.shape[-1] != dataset["resolution"]:
+        raise FairDiffError(f"{manifest_path}: images are {images.shape[-1]} px, the dataset's "
+                            f"resolution is {dataset['resolution']}")
+    settings = model["vae"]
+    log.info("training the VAE on %d images for %d steps", len(images), settings["steps"])
+    losses = train_vae(stack["vae"], images, settings["steps"], settings["batch_size"],
+                       settings["learning_rate"])
+    latents = encode(stack["vae"], images)
+    scaling = float(1.0 / latents.std())
+    stack["vae"].register_to_config(scaling_factor=scaling)
+    log.info("VAE: final loss %.5f, latent std %.4f -> scaling_factor %.4f",
+             np.mean(losses[-20:]), 1 / scaling, scaling)
+
+    val = frame[frame["split"] == "val"]
+    if not len(val):
+        val = frame[frame["split"] == "test"]
+    ceiling, mse = None, None
+    if dataset["source"] == "synthetic":
+        ceiling, mse = vae_ceiling(stack["vae"], read_images(manifest_path, val), val,
+                                   dataset["attributes"], dataset["labels"])
+        worst = ceiling.loc[ceiling["reconstruction_accuracy"].idxmin()]
+        log.info("VAE ceiling (%s split): reconstruction MSE %.5f; lowest label accuracy %.3f "
+                 "(%s, %s=%s)", val["split"].iloc[0], mse, worst["reconstruction_accuracy"],
+                 worst["label"], worst["attribute"], worst["group"])
+    with io.atomic_dir(out) as tmp:
+        save_stack(stack, tmp)
+        if ceiling is not None:
+            ceiling.insert(0, "split", val["split"].iloc[0])
+            ceiling.insert(0, "dataset", name)
+            ceiling.to_csv(tmp / "vae_ceiling.csv", index=False)
+        io.write_json(tmp / "run_info.json", io.run_info(
+            {"name": name, "model": model, "resolution": dataset["resolution"],
+             "vae_final_loss": float(np.mean(losses[-20:])), "vae_scaling_factor": scaling,
+             "vae_reconstruction_mse": mse}))
+    return {"scaling_factor": scaling, "mse": mse, "ceiling": ceiling}
+
+
+def add_arguments(parser):
+    from .cli import json_arg
+
+    parser.add_argument("--name", required=True, help="dataset name")
+    parser.add_argument("--dataset", required=True, type=json_arg, help="the dataset's config")
+    parser.add_argument("--model", required=True, type=json_arg, help="the model config section")
+    parser.add_argument("--manifest", required=True, type=Path, help="the dataset's manifest.csv")
+    parser.add_argument("--out", required=True, type=Path, help="output diffusers folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args):
+    set_threads(args.threads)
+    if args.model.get("pretrained"):
+        raise FairDiffError(f"model.pretrained is '{args.model['pretrained']}': the base stack is "
+                            f"loaded from it, there is nothing to build")
+    build_base(args.name, args.dataset, args.model, args.manifest, args.out)
