@@ -30,9 +30,9 @@ def quadrant_image(size=16) -> np.ndarray:
 def bright_quadrant(png) -> str:
     grey = np.asarray(Image.open(png).convert("L"), dtype=float)
     h, w = grey.shape
-    means = {"top-left": grey[: h // 2, : w // 2].mean(), "top-right": grey[: h // 2, w // 2:].mean(),
-             "bottom-left": grey[h // 2:, : w // 2].mean(),
-             "bottom-right": grey[h // 2:, w // 2:].mean()}
+    top, bottom, left, right = slice(0, h // 2), slice(h // 2, h), slice(0, w // 2), slice(w // 2, w)
+    means = {"top-left": grey[top, left].mean(), "top-right": grey[top, right].mean(),
+             "bottom-left": grey[bottom, left].mean(), "bottom-right": grey[bottom, right].mean()}
     return max(means, key=means.get)
 
 

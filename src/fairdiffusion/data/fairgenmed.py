@@ -31,14 +31,14 @@ Prompt (the authors' template, exactly)::
     SLO fundus image of a {race} {gender} {ethnicity} patient with the following conditions:
     {glaucoma}, {vision_loss} vision loss, {cup_disc} cup-disc ratio, {spherical_equivalent}
 
-Orientation: the SLO array inside the npz (`slo_fundus`) is not stored in the orientation of
-the published JPG (it is transposed/rotated relative to it). The authors' loaders (the Harvard
-ophthalmology family of FairCLIP/FairSeg/FairDiffusion data loaders) feed `slo_fundus` as
-stored (their `np.transpose` line is commented out), so the default here is the same:
-`options.image: npz`, `options.npz_orientation: as_stored`. `options.image: jpg` uses the
-published JPG instead; `npz_orientation` (transpose | rot90 | rot180 | rot270) turns the array
-explicitly. The authors' own FairDiffusion loader could not be read from here, so check one
-image of each choice against the paper's figures before a long run.
+Orientation: the SLO array inside the npz (`slo_fundus`) is stored transposed/rotated relative
+to the published JPG. The Harvard ophthalmology group's public npz loaders (the FairCLIP /
+Harvard-GF family) feed `slo_fundus` as stored (their `np.transpose` line is commented out),
+so the default here does the same: `options.image: npz`, `options.npz_orientation: as_stored`.
+`options.image: jpg` uses the published JPG instead; `npz_orientation` (transpose | rot90 |
+rot180 | rot270) turns the array explicitly. FairDiffusion's own loader could not be read from
+here, so compare one image of each choice with the paper's figures before a long run. Every
+split is converted the same way, so real and generated images always share one orientation.
 
 Options: image, npz_orientation, columns, summary (path of data_summary.csv relative to the
 root), split_dirs ({split: folder}; default train/val/test), workers.

@@ -18,9 +18,10 @@ Prompt (the authors' template, exactly)::
     following diagnostic category: {benign|malignant}
 
 HAM10000 has no official train/val/test split and several images per lesion, so the split is
-drawn here at the lesion level, after unknown rows are dropped (`lesion_id`, the only patient-like key the dataset has; stored
-in the `patient` column): a seeded shuffle of the lesions cut by `options.split_fractions`
-(default train 0.7, val 0.1, test 0.2) with `options.split_seed` (default 0).
+drawn here at the lesion level (`lesion_id`, the only patient-like key the dataset has; stored
+in the `patient` column), after unknown rows are dropped: a seeded shuffle of the lesions cut
+by `options.split_fractions` (default train 0.7, val 0.1, test 0.2) with `options.split_seed`
+(default 0).
 
 Options: metadata (path relative to the root), split_fractions, split_seed, workers.
 """

@@ -202,6 +202,11 @@ def _ramp(x: np.ndarray, width: float) -> np.ndarray:
     return np.clip(0.5 + x / width, 0.0, 1.0)
 
 
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """Angle difference wrapped into [-pi, pi)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
 def _grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in image-side units, origin at the image centre (x right, y down)."""
     c = (np.arange(resolution) + 0.5) / resolution - 0.5
@@ -248,13 +253,13 @@ def render(params: pd.DataFrame, resolution: int, rng: np.random.Generator) -> n
     # nasal (left), superior and inferior sides, away from every measured zone.
     for k in range(len(VESSEL_ANGLES)):
         curve = p[f"vessel_angle_{k}"] + p[f"vessel_bend_{k}"] * (rho - r_disc)
-        off = np.angle(np.exp(1j * (theta - curve)))
+        off = _wrap(theta - curve)
         vessel = _ramp(VESSEL_WIDTH / 2 - rho * np.abs(off), edge) * _ramp(rho - r_disc, edge)
         image = image * (1 - vessel[..., None] * (1 - VESSEL_SHADE))
     cup = _ramp(p["cup_ratio"] * r_disc - rho, edge)
     image = image + contrast * cup[..., None] * CUP_COLOUR
 
-    angle_off = np.angle(np.exp(1j * (theta - p["wedge_angle"])))
+    angle_off = _wrap(theta - p["wedge_angle"])
     wedge = (_ramp(WEDGE_HALF_WIDTH * rho - np.abs(angle_off) * rho, edge)
              * _ramp(rho - r_disc - WEDGE_START, edge) * p["glaucoma_wedge"])
     image = image + contrast * wedge[..., None] * WEDGE_COLOUR
@@ -430,7 +435,7 @@ def _zones(rho, theta, gx, gy, r_disc, footprint: bool = False) -> dict[str, np.
     """Boolean masks [n, H, W] of where each structure is drawn: its inner part (measured), or
     with `footprint` its whole extent plus a margin (left out of the background model)."""
     r = r_disc[:, None, None]
-    wedge_off = np.abs(np.angle(np.exp(1j * (theta - WEDGE_ANGLE))))
+    wedge_off = np.abs(_wrap(theta - WEDGE_ANGLE))
     if footprint:
         zones = {
             "disc": rho < r + 0.03,

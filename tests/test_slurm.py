@@ -1,0 +1,165 @@
+"""SLURM integration: the embedded pipeline, tiny, through snakemake-executor-plugin-slurm and
+real sbatch on a one-node cluster (tests/slurm/cluster.sh) with slurmdbd accounting and one
+fake GPU. Checks what reaches SLURM (GPU rules get the GPU, the profile's retries resubmit a
+failed job with more memory), that every output exists and that every job's SLURM log is kept.
+
+Runs only where SLURM can be installed and started (root on Debian/Ubuntu); skips elsewhere.
+"""
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+# The test cluster (tests/slurm/slurm.conf.in): account, partitions and GPU type.
+ACCOUNT, CPU_PARTITION, GPU_PARTITION, GPU_MODEL = "fairdiff", "cpu", "gpu", "fake"
+# A hung run is stopped after this long (with SIGINT, so that Snakemake cancels its jobs).
+RUN_LIMIT_S = 900
+
+# The embedded default made tiny: few images, few steps, one seed (all three arms).
+TINY = {
+    "datasets": {
+        "synthfundus": {"synthetic": {"n_train": 48, "n_val": 12, "n_test": 24}},
+    },
+    "model": {"vae": {"steps": 4, "batch_size": 8}},
+    "train": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
+    "fair_bayes": {"time_window": 2},
+    "sample": {"num_inference_steps": 2, "train_prompts": 24, "batch_size": 24},
+    "evaluate": {"classifier": {"epochs": 1}, "bootstrap": 10, "kid_subset_size": 8},
+    "report": {"grid_prompts": 1},
+}
+
+# Appended to the pipeline in the test's working directory: a job that fails on its first
+# attempt only, with a memory request that grows with the attempt, like the GPU rules'.
+FLAKY_RULE = """
+include: "{snakefile}"
+
+
+rule flaky:
+    output:
+        "flaky.txt",
+    resources:
+        mem_mb=lambda wildcards, attempt: 100 * attempt,
+        attempt=lambda wildcards, attempt: attempt,
+    shell:
+        "test {{resources.attempt}} -gt 1 && echo {{resources.attempt}} > {{output}}"
+"""
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A running one-node cluster; the environment that reaches it."""
+    state = tmp_path_factory.mktemp("slurm-cluster")
+    env = {**os.environ, "FAIRDIFF_SLURM_DIR": str(state)}
+    try:
+        up = subprocess.run([str(CLUSTER), "up"], env=env, capture_output=True, text=True)
+        if up.returncode == 3:
+            pytest.skip(f"SLURM cannot be installed or started here: {up.stderr.strip()}")
+        assert up.returncode == 0, f"cluster.sh up failed:\n{up.stderr}"
+        yield {**os.environ, "SLURM_CONF": str(state / "etc" / "slurm.conf")}
+    finally:
+        subprocess.run([str(CLUSTER), "down"], env=env, check=False)
+
+
+def make_profile(path: Path) -> dict:
+    """profiles/slurm with its placeholders set for the test cluster, and quick status checks."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"].update(slurm_partition=CPU_PARTITION, slurm_account=ACCOUNT)
+    for resources in profile["set-resources"].values():
+        resources.update(slurm_partition=GPU_PARTITION, gpu_model=GPU_MODEL)
+    profile["slurm-init-seconds-before-status-checks"] = 2
+    path.mkdir()
+    (path / "config.yaml").write_text(yaml.safe_dump(profile))
+    return profile
+
+
+def snakemake(args: list[str], cwd: Path, env: dict, log: Path) -> int:
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            return proc.wait(timeout=RUN_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            # SIGINT makes Snakemake scancel its jobs; SIGTERM would leave them queued.
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+            pytest.fail(f"snakemake still running after {RUN_LIMIT_S} s; see {log}")
+
+
+def sacct_jobs(workdir: Path, env: dict) -> list[dict]:
+    """Accounting records of the jobs submitted from workdir, oldest first."""
+    fields = ["JobID", "State", "Comment", "AllocTRES", "WorkDir", "SubmitLine"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--delimiter=\t", "-S", "2000-01-01",
+         "-o", ",".join(f"{f}%10000" for f in fields)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    jobs = [dict(zip(fields, line.split("\t", len(fields) - 1))) for line in out.splitlines()]
+    jobs = [job for job in jobs if Path(job["WorkDir"]) == workdir]
+    for job in jobs:
+        # The executor puts the rule (and wildcards) into the job's comment.
+        job["rule"] = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", job["Comment"]).group(1)
+    return sorted(jobs, key=lambda job: int(job["JobID"]))
+
+
+def test_pipeline_on_slurm(cluster, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = merge(yaml.safe_load((ROOT / "config.yaml").read_text()), TINY)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "Snakefile").write_text(FLAKY_RULE.format(snakefile=ROOT / "Snakefile"))
+    profile = make_profile(workdir / "profile")
+    gpu_rules = set(profile["set-resources"])
+    args = ["--profile", "profile", "all", "flaky.txt"]
+
+    rc = snakemake(args, workdir, cluster, tmp_path / "snakemake.log")
+    log = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, log[-6000:]
+
+    # Every output of the pipeline exists: nothing is left to run.
+    snakemake([*args, "--dry-run"], workdir, cluster, tmp_path / "dry-run.log")
+    assert "Nothing to be done" in (tmp_path / "dry-run.log").read_text()
+
+    jobs = sacct_jobs(workdir, cluster)
+    ran = {job["rule"] for job in jobs}
+    assert {"train", "sample"} <= ran, ran
+    for job in jobs:
+        gpu = job["rule"] in gpu_rules
+        assert (f"--gpus={GPU_MODEL}:1" in job["SubmitLine"]) == gpu, job
+        assert ("gres/gpu=1" in job["AllocTRES"]) == gpu, job
+        assert f"-p {GPU_PARTITION if gpu else CPU_PARTITION} " in job["SubmitLine"], job
+        assert f"-A {ACCOUNT} " in job["SubmitLine"], job
+        # Every job's SLURM log is kept, successful ones included.
+        kept = list((workdir / "logs" / "slurm" / f"rule_{job['rule']}").rglob(f"{job['JobID']}.log"))
+        assert kept, f"no SLURM log kept for job {job['JobID']} ({job['rule']})"
+
+    # The flaky job failed once, was resubmitted with twice the memory, and then succeeded.
+    flaky = [job for job in jobs if job["rule"] == "flaky"]
+    assert [job["State"] for job in flaky] == ["FAILED", "COMPLETED"]
+    assert [re.search(r"--mem (\d+)", job["SubmitLine"]).group(1) for job in flaky] == ["100", "200"]
+    assert (workdir / "flaky.txt").read_text().strip() == "2"
