@@ -117,4 +117,5 @@ def pipeline_outputs(results: Path, methods=("baseline", "fairdiffusion"), seeds
             write(samples / "prompts.csv", test.to_dict("records"))
     real = results / "metrics" / dataset / "real"
     write(real / "semantic.csv", [{**r, "dataset": dataset} for r in semantic_rows("real", 0, 0.9)])
-    write(real / "measured.csv", [{**r, "dataset": dataset} for r in measured_rows("real", 0, 0.95)])
+    write(real / "measured.csv",
+          [{**r, "dataset": dataset} for r in measured_rows("real", 0, 0.95)])

@@ -206,6 +206,21 @@ def test_vr_arm_fits_the_variance_reduced_objective():
         assert all(0.0 <= bo[0][c] <= 1.0 for c in weighting.columns if c.startswith("sigma_"))
 
 
+def test_non_finite_losses_are_noted_and_not_recorded():
+    weighting = M.make_weighting("fairdiffusion_vr", ATTRS, {"time_window": 3}, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    run_steps(weighting, gen, 1)
+    groups, losses, timesteps = random_batch(gen)
+    losses[3] = math.nan
+    weighting.observe(losses, groups, timesteps, 1)
+    assert "non-finite" in weighting.trajectory[-1]["note"]
+    assert len(weighting.state_dict()["history_y"]) == 1
+    assert bool(torch.isfinite(weighting.vr_means).all())
+    run_steps(weighting, gen, 1, start=2)  # the BO update runs on the 2 recorded pairs
+    assert weighting.trajectory[-1]["kind"] == "bo_update"
+    assert bool(torch.isfinite(weighting.sigma).all())
+
+
 # -- Bayesian optimisation -----------------------------------------------------------------------
 
 
@@ -296,7 +311,8 @@ def test_bo_moves_sigma_towards_the_optimum_of_a_synthetic_objective():
     weighting = M.make_weighting("fairdiffusion", attrs, {"time_window": 10}, seed=0)
     noise = torch.Generator().manual_seed(100)
     for step in range(60):
-        f = float(((weighting.sigma - target) ** 2).sum()) + 0.01 * float(torch.rand(1, generator=noise))
+        noise_draw = float(torch.rand(1, generator=noise))
+        f = float(((weighting.sigma - target) ** 2).sum()) + 0.01 * noise_draw
         losses = torch.ones(6, dtype=torch.float64)
         losses[combos[:, 0] == 0] += f
         weighting.observe(losses, combos, torch.zeros(6, dtype=torch.long), step)
@@ -363,8 +379,9 @@ def test_resume_continues_identically(tmp_path):
 
 def test_load_state_dict_rejects_a_mismatched_state():
     state = M.make_weighting("fairdiffusion", ATTRS, {}, seed=0).state_dict()
+    race_only = M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, {}, seed=0)
     with pytest.raises(FairDiffError, match="method state"):
-        M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, {}, seed=0).load_state_dict(state)
+        race_only.load_state_dict(state)
     with pytest.raises(FairDiffError, match="method state"):
         M.make_weighting("random", ATTRS, {}, seed=0).load_state_dict(state)
 

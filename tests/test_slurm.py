@@ -114,11 +114,9 @@ def snakemake(args: list[str], cwd: Path, env: dict, log: Path) -> int:
 def sacct_jobs(workdir: Path, env: dict) -> list[dict]:
     """Accounting records of the jobs submitted from workdir, oldest first."""
     fields = ["JobID", "State", "Comment", "AllocTRES", "WorkDir", "SubmitLine"]
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "--delimiter=\t", "-S", "2000-01-01",
-         "-o", ",".join(f"{f}%10000" for f in fields)],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout
+    columns = ",".join(f"{field}%10000" for field in fields)  # %N: no truncation
+    sacct = ["sacct", "-X", "-n", "-P", "--delimiter=\t", "-S", "2000-01-01", "-o", columns]
+    out = subprocess.run(sacct, env=env, capture_output=True, text=True, check=True).stdout
     jobs = [dict(zip(fields, line.split("\t", len(fields) - 1))) for line in out.splitlines()]
     jobs = [job for job in jobs if Path(job["WorkDir"]) == workdir]
     for job in jobs:
@@ -155,11 +153,16 @@ def test_pipeline_on_slurm(cluster, tmp_path):
         assert f"-p {GPU_PARTITION if gpu else CPU_PARTITION} " in job["SubmitLine"], job
         assert f"-A {ACCOUNT} " in job["SubmitLine"], job
         # Every job's SLURM log is kept, successful ones included.
-        kept = list((workdir / "logs" / "slurm" / f"rule_{job['rule']}").rglob(f"{job['JobID']}.log"))
+        kept = list(
+            (workdir / "logs" / "slurm" / f"rule_{job['rule']}").rglob(f"{job['JobID']}.log")
+        )
         assert kept, f"no SLURM log kept for job {job['JobID']} ({job['rule']})"
 
     # The flaky job failed once, was resubmitted with twice the memory, and then succeeded.
     flaky = [job for job in jobs if job["rule"] == "flaky"]
     assert [job["State"] for job in flaky] == ["FAILED", "COMPLETED"]
-    assert [re.search(r"--mem (\d+)", job["SubmitLine"]).group(1) for job in flaky] == ["100", "200"]
+    assert [re.search(r"--mem (\d+)", job["SubmitLine"]).group(1) for job in flaky] == [
+        "100",
+        "200",
+    ]
     assert (workdir / "flaky.txt").read_text().strip() == "2"

@@ -17,7 +17,8 @@ Arms (`method`):
                     measured a within-window sd of y ~0.2 against a mean of ~-0.36, so the GP's
                     picks were close to random). Here each loss is divided by a running mean loss
                     of its timestep bucket (VR_BUCKETS equal buckets over NUM_TRAIN_TIMESTEPS,
-                    EMA with VR_MOMENTUM) before the group gaps are taken.
+                    EMA with VR_MOMENTUM, updated with the batch before it is used) before
+                    the group gaps are taken.
 Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting and
 what the GP is fitted to differ.
 
@@ -285,12 +286,15 @@ class FairBayesWeighting:
             raise FairDiffError(f"method '{method}': expected one of {list(ARMS)}")
         if not attributes or any(len(g) < 1 for g in attributes.values()):
             raise FairDiffError("attributes: expected at least one attribute with its groups")
+        if int(seed) < 0 or int(rank) < 0:
+            raise FairDiffError(f"seed {seed}, rank {rank}: expected non-negative integers")
         self.method = method
         self.settings = _check_settings(settings, attributes)
         self.seed, self.rank = int(seed), int(rank)
         self.broadcast = broadcast or (lambda tensor: tensor)
         self.attributes = {a: list(g) for a, g in attributes.items()}
         self.group_sizes = [len(g) for g in self.attributes.values()]
+        self._sizes_tensor = torch.tensor(self.group_sizes)
         names = list(self.attributes)
         chosen = self.settings["attributes"] or names
         # Perturbed attributes, in the dataset's order (the layout of sigma).
@@ -331,8 +335,7 @@ class FairBayesWeighting:
         if groups.dtype.is_floating_point or groups.dtype == torch.bool:
             raise ValueError(f"groups: expected an integer tensor, got {groups.dtype}")
         groups = groups.to(torch.long)
-        if len(groups) and (bool((groups < 0).any())
-                            or bool((groups >= torch.tensor(self.group_sizes)).any())):
+        if bool(((groups < 0) | (groups >= self._sizes_tensor)).any()):
             raise ValueError(f"groups: indices outside the group counts {self.group_sizes}")
         return groups
 
@@ -362,8 +365,8 @@ class FairBayesWeighting:
         if not len(losses) == len(groups) == len(timesteps):
             raise ValueError(f"observe: {len(losses)} losses, {len(groups)} group rows and "
                              f"{len(timesteps)} timesteps; expected equal lengths")
-        y, gaps = fairness_objective(losses, groups, self.group_sizes)
-        y = -float(gaps[self.selected].sum())
+        gaps = group_gaps(losses, groups, self.group_sizes)
+        y = -float(gaps[self.selected].sum())  # the paper's y over the perturbed attributes
         note = ""
         if bool(torch.isfinite(losses).all()):
             self.vr_means, self.vr_counts = update_bucket_means(
@@ -405,8 +408,10 @@ class FairBayesWeighting:
             step, "bo_update", self.sigma, proposal.acq_value, gaps,
             float(np.mean(h["loss"])) if n else math.nan, math.nan, math.nan,
             float(Y.mean()) if n else math.nan, proposal.note))
-        if proposal.note:
-            log.info("BO update at step %s: %s", step, proposal.note)
+        if proposal.sigma is None:
+            log.info("BO update at step %s skipped: %s", step, proposal.note)
+        elif proposal.note:
+            log.debug("BO update at step %s: %s", step, proposal.note)
         self._history = {"sigma": [], "y": [], "gaps": [], "loss": []}
 
     def _row(self, step, kind, sigma, acq_value, gaps, mean_loss, y, y_vr, y_window_mean, note):

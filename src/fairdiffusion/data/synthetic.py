@@ -10,15 +10,17 @@ coordinates: 0 deg = right = temporal side, 90 deg = down = inferior):
 
 - background: fundus pigment colour (by race, see below) times a smooth choroidal texture and a
   smooth illumination field (a small linear gradient and a vignette), plus fine pixel noise;
-- optic disc: a bright yellow-pink disc of radius ~0.32 (+-4 %) near the centre;
+- optic disc: a bright yellow-pink disc of radius ~0.32 (+-4 %) near the centre (the same
+  colour in every group, 75 % opaque over the background), and four thin decorative vessels
+  leaving it upwards, downwards and nasally (left), away from every measured zone;
 - cup_disc: a paler, whiter cup inside the disc; cup radius / disc radius is
   0.30 (normal) / 0.55 (borderline) / 0.80 (abnormal), +-0.04;
 - glaucoma: a dark wedge-shaped nerve-fibre-layer defect running from the disc margin to the
   inferotemporal (bottom-right) corner; present iff glaucoma. Glaucoma is drawn from the cup
   class like in real data (P(glaucoma | cup) = 0.15 / 0.50 / 0.85), but it is visible, and
   measured, only through the wedge;
-- vision_loss: pale atrophic lesions (large blobs, radius ~0.09) in 0 / 1 / 2 / 3 of the three
-  other corners (normal / mild / moderate / severe), which corners at random; vision loss is
+- vision_loss: pale yellow atrophic lesions (large blobs, radius ~0.10) in 0 / 1 / 2 / 3 of the
+  three other corners (normal / mild / moderate / severe), which corners at random; vision loss is
   drawn from glaucoma (glaucoma patients have more and worse loss);
 - spherical_equivalent: a peripapillary crescent on the temporal (right) side of the disc:
   pale (atrophic conus, myopia) = negative, none = neutral, dark (pigment crescent) = positive.
@@ -33,16 +35,20 @@ a control attribute (any gap found along it is noise).
 photography: the contrast of the cup, lesions, wedge and crescent is multiplied by
 1 - 0.45 d (Black), 1 - 0.25 d (Asian), times 1 - 0.10 d for Hispanic (floored at 0.1), and the
 appearance varies more within the group (texture, pigment, illumination and pixel-noise
-amplitudes times 1 + e, with e = 1.0 d for Black, 0.5 d for Asian, + 0.3 d for Hispanic). The
-disc itself keeps the same contrast in every group. At d = 0 all groups are equally easy (they
-differ only in pigment colour); at d = 1 the Black group's cup contrast is 55 % of the White
-group's: clearly visible, yet harder to learn.
+amplitudes times 1 + e, with e = 1.0 d for Black, 0.5 d for Asian, + 0.3 d for Hispanic). At
+d = 0 all groups are equally easy (they differ only in pigment colour; the measured cup and wedge
+contrasts are equal); at d = 1 the Black group's cup contrast is 55 % of the White group's
+(Asian 75 %): clearly visible, yet harder to learn. d > 1 exaggerates the effect.
 
-Robustness: a tiny VAE (32 px -> 8 x 8 latents) must not erase the labels, so the structures are
-large, the levels far apart, and `measure` reads them from fits and zone averages over many
-pixels (a radial step fit for the cup and disc radii; the mean of a background-corrected zone for
-wedge, lesions and crescent), with thresholds between the levels; it works at any resolution
->= 32 and survives blur, noise and down/up-sampling.
+Measurement (`features`, then `classify`; `measure` does both). A tiny VAE (32 px -> 8 x 8
+latents) must not erase the labels, so the structures are large and the levels far apart, and
+the measurement averages over many pixels of a grey image (0.2 R + 0.5 G + 0.3 B): the disc
+centre is a thresholded centroid; disc and cup radii come from a least-squares fit of two soft
+radial steps (cup_disc = their ratio, thresholds halfway between the drawn ratios); wedge,
+lesions and crescent are mean grey levels of their zones against a per-image background model
+(plane + vignette, fitted outside every drawn structure), thresholded halfway between "absent"
+and the faintest group's level. It works at any resolution >= 32 and survives blur, noise and
+down/up-sampling (the tests check all of this per race group).
 
 Generation is vectorised numpy from one `numpy.random.Generator` seeded by `synthetic.seed`
 (the same seed gives byte-identical PNGs and manifest); 4000 images at 32 px take seconds.
@@ -125,9 +131,9 @@ VESSEL_SHADE = np.array([0.75, 0.6, 0.6])
 DISC_COLOUR = np.array([0.95, 0.62, 0.38])  # blended over the background
 DISC_OPACITY = 0.75
 CUP_COLOUR = np.array([0.04, 0.22, 0.30])
-LESION_COLOUR = np.array([0.20, 0.28, 0.16])
+LESION_COLOUR = np.array([0.22, 0.25, 0.10])
 WEDGE_COLOUR = np.array([-0.22, -0.18, -0.09])
-PALE_CRESCENT_COLOUR = np.array([0.14, 0.19, 0.10])
+PALE_CRESCENT_COLOUR = np.array([0.18, 0.19, 0.07])
 DARK_CRESCENT_COLOUR = np.array([-0.20, -0.16, -0.08])
 
 # Measurement: the grey level read from RGB, and the decision thresholds on the features (grey
@@ -208,7 +214,7 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 
 def _grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in image-side units, origin at the image centre (x right, y down)."""
+    """Pixel-centre coordinates in image-side units, origin at the centre (x right, y down)."""
     c = (np.arange(resolution) + 0.5) / resolution - 0.5
     return np.meshgrid(c, c, indexing="xy")
 
@@ -271,7 +277,7 @@ def render(params: pd.DataFrame, resolution: int, rng: np.random.Generator) -> n
         image = image + contrast * blob[..., None] * LESION_COLOUR
 
     crescent = (_ramp(CRESCENT_HALF_ANGLE * rho - np.abs(theta) * rho, edge)
-                * _ramp(rho - r_disc + edge, edge) * _ramp(r_disc + p["crescent_width"] - rho, edge))
+                * _ramp(rho - r_disc, edge) * _ramp(r_disc + p["crescent_width"] - rho, edge))
     colour = np.where(p["crescent"][..., None] > 0, DARK_CRESCENT_COLOUR, PALE_CRESCENT_COLOUR)
     image = image + contrast * (crescent * np.abs(p["crescent"]))[..., None] * colour
 
@@ -355,9 +361,9 @@ def _box_blur(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _disc_centre(grey: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre of the bright disc: the centroid of the pixels above 30 % of the way from background to
-    the bright top. x is re-estimated from the top and bottom sectors only, where the temporal
-    crescent cannot pull it (the crescent is symmetric in y, so it does not bias y)."""
+    """Centre of the bright disc: the centroid of the pixels 30 % of the way or more from the
+    background to the bright top. x is re-estimated from the top and bottom sectors only, where
+    the temporal crescent cannot pull it (the crescent is symmetric in y, so y is unbiased)."""
     smooth = _box_blur(grey, max(3, grey.shape[1] // 16 + 1) | 1)
     central = np.hypot(gx, gy) < 0.42
     vals = smooth[:, central]
@@ -384,9 +390,10 @@ def features(images: np.ndarray) -> pd.DataFrame:
     lesion_0..2 (brightness of the three corner lesion zones).
     """
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
-        raise FairDiffError(f"measure: expected uint8 images [N, H, W, 3] (square), got shape "
-                            f"{images.shape}")
+    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3
+            or images.shape[1] != images.shape[2] or len(images) == 0):
+        raise FairDiffError(f"measure: expected uint8 images [N >= 1, H, W, 3] (square), got "
+                            f"{images.dtype} {images.shape}")
     if images.shape[1] < MIN_RESOLUTION:
         raise FairDiffError(f"measure: images must be at least {MIN_RESOLUTION} px, got "
                             f"{images.shape[1]}")
@@ -460,12 +467,19 @@ def _zones(rho, theta, gx, gy, r_disc, footprint: bool = False) -> dict[str, np.
 def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, res: int) -> dict:
     """Least-squares fit of background + disc step + cup step (soft radial steps) per image.
 
-    Grid search over disc radius and cup radius; for each pair the three levels are linear, so
-    all pairs and images are solved at once from pixel sums. Pixels in the temporal crescent
-    and glaucoma wedge sectors, and beyond the disc's surroundings, are left out.
+    Grid search over disc radius, cup radius and edge softness (sharp, or blurred as by a
+    4x down/up-sampling); for each radius pair the three levels are linear, so all pairs and
+    images are solved at once from pixel sums. Pixels in the temporal crescent and glaucoma
+    wedge sectors, and beyond the disc's surroundings, are left out.
     """
+    fits = [_fit_steps(grey, rho, theta, width) for width in (2.5 / res, 0.15)]
+    best = np.argmin([f.pop("score") for f in fits], axis=0)
+    return {k: np.choose(best, [f[k] for f in fits]) for k in fits[0]}
+
+
+def _fit_steps(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, width: float) -> dict:
+    """`_fit_disc` for one edge softness; also returns each image's fit score (lower = better)."""
     n = grey.shape[0]
-    width = 2.5 / res
     use = ((rho < 0.46) & ~((theta > -np.deg2rad(55)) & (theta < np.deg2rad(65)))).astype(float)
     r_discs = np.arange(0.22, 0.421, 0.005)
     r_cups = np.arange(0.04, 0.40, 0.005)
@@ -493,7 +507,8 @@ def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, res: int) ->
     i_disc, i_cup = np.unravel_index(best, shape[1:])
     b = beta[np.arange(n), i_disc, i_cup]
     return {"disc_radius": r_discs[i_disc], "cup_ratio": r_cups[i_cup] / r_discs[i_disc],
-            "background": b[:, 0], "disc_step": b[:, 1], "cup_step": b[:, 2]}
+            "background": b[:, 0], "disc_step": b[:, 1], "cup_step": b[:, 2],
+            "score": score.reshape(n, -1)[np.arange(n), best]}
 
 
 def classify(feats: pd.DataFrame) -> pd.DataFrame:

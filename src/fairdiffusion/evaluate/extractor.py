@@ -164,10 +164,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=json_arg, required=True, help="the dataset's config (JSON)")
     parser.add_argument("--evaluate", type=json_arg, required=True, help="config['evaluate'] (JSON)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the extractor")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     size = args.dataset["resolution"]
     settings = args.evaluate["classifier"]

@@ -64,10 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate", type=json_arg, required=True, help="config['evaluate'] (JSON)")
     parser.add_argument("--extractor-dir", default=None, help="domain extractor folder")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", required=True, help="output .safetensors")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     rows = images.read_table(args.table, args.split, args.dataset["attributes"], args.dataset["labels"])
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,

@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import roc_auc_score
 
 from .. import io
@@ -129,12 +130,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="dataset name (the dataset column)")
     parser.add_argument("--method", required=True, help="arm name, or 'real' for the reference")
     parser.add_argument("--seed", type=int, required=True, help="classifier seed (the run's seed)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", required=True, help="output semantic.csv")
     parser.add_argument("--predictions", required=True,
                         help="output CSV of per-image test probabilities (id, label:class columns)")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     size, settings = args.dataset["resolution"], args.evaluate["classifier"]
     train_rows = images.read_table(args.train, args.train_split, attributes, labels)

@@ -111,8 +111,8 @@ def es(frame: pd.DataFrame) -> plt.Figure:
     panels = list(dict.fromkeys(data["panel"]))
     grid = sns.catplot(data=data, kind="bar", x="attribute", y="value", hue="method",
                        hue_order=_method_order(data["method"]), col="panel", col_order=panels,
-                       col_wrap=min(3, len(panels)), errorbar="sd", capsize=0.1, sharex=False, sharey=False,
-                       height=2.6, aspect=1.1)
+                       col_wrap=min(3, len(panels)), errorbar="sd", capsize=0.1, sharex=False,
+                       sharey=False, height=2.6, aspect=1.1)
     grid.set_titles("{col_name}")
     grid.set_axis_labels("", "")
     return grid.figure

@@ -10,7 +10,8 @@ import pandas as pd
 from ..errors import FairDiffError
 
 # Columns every tidy metric CSV has (lower/upper/n are optional).
-COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor", "value"]
+COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
+           "value"]
 KEYS = ["metric", "task", "attribute", "group", "extractor"]
 REFERENCE = "real"  # the method name of rows measured on (or trained on) real images
 

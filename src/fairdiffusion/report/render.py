@@ -75,7 +75,8 @@ class Table:
         cells = self.text.map(latex_escape)
         cells = cells.where(~self.best, "\\textbf{" + cells + "}")
         align = "l" * self.labels + "r" * (len(self.text.columns) - self.labels)
-        lines = [f"% {latex_escape(self.title)}", f"% {latex_escape(self.note)}", f"\\begin{{tabular}}{{{align}}}",
+        lines = [f"% {latex_escape(self.title)}", f"% {latex_escape(self.note)}",
+                 f"\\begin{{tabular}}{{{align}}}",
                  "\\toprule",
                  " & ".join(latex_escape(str(c)) for c in self.text.columns) + " \\\\",
                  "\\midrule"]
