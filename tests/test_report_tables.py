@@ -67,6 +67,16 @@ def test_quality_numbers_and_direction_aware_best():
     assert "3 seeds" in table.note
 
 
+def test_directions():
+    assert [metrics.direction(m) for m in ["FID", "ES-FID", "KID", "FID-gap", "accuracy-gap",
+                                           "DPD", "EOD"]] == ["lower"] * 7
+    assert [metrics.direction(m) for m in ["IS", "ES-IS", "AUC", "ES-AUC", "accuracy",
+                                           "ES-accuracy", "precision", "recall"]] == ["higher"] * 8
+    assert metrics.direction("novelty") is None
+    assert metrics.label("ES-FID", "race", extractor="domain") == "ES-FID ↓ race [domain]"
+    assert metrics.label("AUC", "race", "Black") == "AUC ↑ race: Black"
+
+
 def test_best_ties_are_all_marked_and_unknown_metrics_never():
     frame = pd.DataFrame([row("a", 0, "FID", 5.0), row("b", 0, "FID", 5.0), row("c", 0, "FID", 6.0),
                           row("a", 0, "KID", 1.0), row("b", 0, "KID", 2.0)])

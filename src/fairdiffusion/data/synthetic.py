@@ -56,6 +56,7 @@ Generation is vectorised numpy from one `numpy.random.Generator` seeded by `synt
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -144,6 +145,11 @@ CUP_RATIO_THRESHOLDS = (CUP_RATIO[:-1] + CUP_RATIO[1:]) / 2
 WEDGE_THRESHOLD = 0.04
 LESION_THRESHOLD = 0.05
 CRESCENT_THRESHOLDS = (-0.035, 0.04)  # dark (positive SE) below, pale (negative SE) above
+# Candidates of the radial fit (image-side units) and blurs tried (Gaussian sd in pixels).
+FIT_RADIUS = 0.46
+FIT_DISC_RADII = np.arange(0.22, 0.421, 0.005)
+FIT_CUP_RADII = np.arange(0.04, 0.40, 0.005)
+FIT_BLURS_PX = (0.4, 0.9, 1.5, 2.3)
 
 
 def sample_metadata(n: int, rng: np.random.Generator, difficulty: float,
@@ -397,7 +403,7 @@ def features(images: np.ndarray) -> pd.DataFrame:
     if images.shape[1] < MIN_RESOLUTION:
         raise FairDiffError(f"measure: images must be at least {MIN_RESOLUTION} px, got "
                             f"{images.shape[1]}")
-    chunk = max(1, 65536 // images.shape[1] ** 2)  # bounds the memory of the disc fit
+    chunk = max(1, 2**18 // images.shape[1] ** 2)  # bounds the memory (~100 MB)
     return pd.concat([_features(images[i:i + chunk]) for i in range(0, len(images), chunk)],
                      ignore_index=True)
 
@@ -417,8 +423,8 @@ def _features(images: np.ndarray) -> pd.DataFrame:
     # Background model per image (plane + vignette) from pixels outside every drawn structure,
     # so the zone features below are brightness changes against the local background.
     zones = _zones(rho, theta, gx, gy, r_disc)
-    outside = ~np.any(np.stack(list(_zones(rho, theta, gx, gy, r_disc, footprint=True).values())),
-                      axis=0)
+    footprints = _zones(rho, theta, gx, gy, r_disc, margin=fit["blur"])
+    outside = ~np.any(np.stack(list(footprints.values())), axis=0)
     basis = np.stack([np.ones_like(gx), gx, gy, gx**2 + gy**2]).reshape(4, -1)
     w = outside.reshape(n, -1).astype(float)
     lhs = np.einsum("np,ip,jp->nij", w, basis, basis) + 1e-9 * np.eye(4)
@@ -438,17 +444,20 @@ def _features(images: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def _zones(rho, theta, gx, gy, r_disc, footprint: bool = False) -> dict[str, np.ndarray]:
-    """Boolean masks [n, H, W] of where each structure is drawn: its inner part (measured), or
-    with `footprint` its whole extent plus a margin (left out of the background model)."""
+def _zones(rho, theta, gx, gy, r_disc, margin=None) -> dict[str, np.ndarray]:
+    """Boolean masks [n, H, W] of where each structure is drawn: its inner part (measured), or,
+    given a `margin` per image (the blur), its footprint: whole extent plus 0.03 plus the margin
+    (left out of the background model)."""
     r = r_disc[:, None, None]
     wedge_off = np.abs(_wrap(theta - WEDGE_ANGLE))
+    footprint = margin is not None
     if footprint:
+        pad = 0.03 + margin[:, None, None]
         zones = {
-            "disc": rho < r + 0.03,
-            "wedge": (wedge_off < WEDGE_HALF_WIDTH + np.deg2rad(10)) & (rho > r),
-            "crescent": (np.abs(theta) < CRESCENT_HALF_ANGLE + np.deg2rad(10))
-            & (rho < r + 1.15 * CRESCENT_WIDTH + 0.03),
+            "disc": rho < r + pad,
+            "wedge": (rho * wedge_off < rho * WEDGE_HALF_WIDTH + pad) & (rho > r),
+            "crescent": (rho * np.abs(theta) < rho * CRESCENT_HALF_ANGLE + pad)
+            & (rho < r + 1.15 * CRESCENT_WIDTH + pad),
         }
     else:
         zones = {
@@ -459,56 +468,83 @@ def _zones(rho, theta, gx, gy, r_disc, footprint: bool = False) -> dict[str, np.
         }
     for slot, angle in enumerate(LESION_ANGLES):
         dist = np.hypot(gx - LESION_DISTANCE * np.cos(angle), gy - LESION_DISTANCE * np.sin(angle))
-        size = 1.1 * LESION_RADIUS + 0.03 if footprint else 0.75 * LESION_RADIUS
+        size = 1.1 * LESION_RADIUS + pad if footprint else 0.75 * LESION_RADIUS
         zones[f"lesion_{slot}"] = np.broadcast_to(dist < size, rho.shape)
     return zones
 
 
 def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, res: int) -> dict:
-    """Least-squares fit of background + disc step + cup step (soft radial steps) per image.
+    """Least-squares fit of background + disc step + cup step to each image's radial profile.
 
-    Grid search over disc radius, cup radius and edge softness (sharp, or blurred as by a
-    4x down/up-sampling); for each radius pair the three levels are linear, so all pairs and
-    images are solved at once from pixel sums. Pixels in the temporal crescent and glaucoma
-    wedge sectors, and beyond the disc's surroundings, are left out.
+    The steps are discs blurred by a Gaussian (exact radial profile), so the radii stay right
+    on blurred images: a grid search over disc radius, cup radius and blur; for each triple the
+    three levels are linear, so all triples and images are solved at once from binned sums.
+    Pixels in the temporal crescent and glaucoma wedge sectors, and beyond the disc's
+    surroundings, are left out.
     """
-    fits = [_fit_steps(grey, rho, theta, width) for width in (2.5 / res, 0.15)]
-    best = np.argmin([f.pop("score") for f in fits], axis=0)
-    return {k: np.choose(best, [f[k] for f in fits]) for k in fits[0]}
-
-
-def _fit_steps(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, width: float) -> dict:
-    """`_fit_disc` for one edge softness; also returns each image's fit score (lower = better)."""
     n = grey.shape[0]
-    use = ((rho < 0.46) & ~((theta > -np.deg2rad(55)) & (theta < np.deg2rad(65)))).astype(float)
-    r_discs = np.arange(0.22, 0.421, 0.005)
-    r_cups = np.arange(0.04, 0.40, 0.005)
-    disc_b = _ramp(r_discs[None, :, None] - rho[:, None, :], width) * use[:, None, :]
-    cup_b = _ramp(r_cups[None, :, None] - rho[:, None, :], width) * use[:, None, :]
-    s1 = use.sum(axis=1)[:, None, None]
-    sd = disc_b.sum(axis=2)[:, :, None]
-    sc = cup_b.sum(axis=2)[:, None, :]
-    sdd = (disc_b * disc_b).sum(axis=2)[:, :, None]
-    scc = (cup_b * cup_b).sum(axis=2)[:, None, :]
-    sdc = disc_b @ cup_b.transpose(0, 2, 1)
-    sy = (grey * use).sum(axis=1)[:, None, None]
-    syd = disc_b @ grey[:, :, None]
-    syc = (cup_b @ grey[:, :, None]).transpose(0, 2, 1)
-    shape = (n, len(r_discs), len(r_cups))
-    lhs = np.stack([np.broadcast_to(a, shape) for a in
-                    (s1, sd, sc, sd, sdd, sdc, sc, sdc, scc)], axis=-1).reshape(*shape, 3, 3)
-    rhs = np.stack([np.broadcast_to(a, shape) for a in (sy, syd, syc)], axis=-1)
-    beta = np.linalg.solve(lhs + 1e-9 * np.eye(3), rhs[..., None])[..., 0]
-    # Sum of squared residuals up to a per-image constant: -(beta . rhs).
-    score = -(beta * rhs).sum(axis=-1)
-    valid = (r_cups[None, :] < 0.97 * r_discs[:, None])[None]
-    score = np.where(valid, score, np.inf)
-    best = score.reshape(n, -1).argmin(axis=1)
-    i_disc, i_cup = np.unravel_index(best, shape[1:])
-    b = beta[np.arange(n), i_disc, i_cup]
-    return {"disc_radius": r_discs[i_disc], "cup_ratio": r_cups[i_cup] / r_discs[i_disc],
-            "background": b[:, 0], "disc_step": b[:, 1], "cup_step": b[:, 2],
-            "score": score.reshape(n, -1)[np.arange(n), best]}
+    use = (rho < FIT_RADIUS) & ~((theta > -np.deg2rad(55)) & (theta < np.deg2rad(65)))
+    bins, centres = _radial_bins(res)
+    index = np.minimum((rho / bins).astype(int), len(centres) - 1) + len(centres) * np.arange(n)[:, None]
+    weight = np.bincount(index[use], minlength=n * len(centres)).reshape(n, -1).astype(float)
+    total = np.bincount(index[use], weights=grey[use], minlength=n * len(centres)).reshape(n, -1)
+    best_score, best = np.full(n, np.inf), None
+    for blur_px, (disc_b, cup_b) in zip(FIT_BLURS_PX, _blurred_steps(res)):
+        s1 = weight.sum(axis=1)[:, None, None]
+        sd = (weight @ disc_b.T)[:, :, None]
+        sc = (weight @ cup_b.T)[:, None, :]
+        sdd = (weight @ (disc_b ** 2).T)[:, :, None]
+        scc = (weight @ (cup_b ** 2).T)[:, None, :]
+        sdc = (weight[:, None, :] * disc_b[None]) @ cup_b.T
+        sy = total.sum(axis=1)[:, None, None]
+        syd = (total @ disc_b.T)[:, :, None]
+        syc = (total @ cup_b.T)[:, None, :]
+        shape = (n, len(FIT_DISC_RADII), len(FIT_CUP_RADII))
+        lhs = np.stack([np.broadcast_to(a, shape) for a in
+                        (s1, sd, sc, sd, sdd, sdc, sc, sdc, scc)], axis=-1).reshape(*shape, 3, 3)
+        rhs = np.stack([np.broadcast_to(a, shape) for a in (sy, syd, syc)], axis=-1)
+        beta = np.linalg.solve(lhs + 1e-9 * np.eye(3), rhs[..., None])[..., 0]
+        # Sum of squared residuals up to a per-image constant: -(beta . rhs).
+        score = -(beta * rhs).sum(axis=-1)
+        valid = (FIT_CUP_RADII[None, :] < 0.97 * FIT_DISC_RADII[:, None])[None]
+        score = np.where(valid, score, np.inf).reshape(n, -1)
+        pick = score.argmin(axis=1)
+        better = score[np.arange(n), pick] < best_score
+        best_score = np.where(better, score[np.arange(n), pick], best_score)
+        i_disc, i_cup = np.unravel_index(pick, shape[1:])
+        levels = beta[np.arange(n), i_disc, i_cup]
+        found = {"disc_radius": FIT_DISC_RADII[i_disc],
+                 "cup_ratio": FIT_CUP_RADII[i_cup] / FIT_DISC_RADII[i_disc],
+                 "blur": np.full(n, blur_px / res),
+                 "background": levels[:, 0], "disc_step": levels[:, 1], "cup_step": levels[:, 2]}
+        best = found if best is None else {k: np.where(better, found[k], best[k]) for k in found}
+    return best
+
+
+@functools.lru_cache(maxsize=8)
+def _radial_bins(res: int) -> tuple[float, np.ndarray]:
+    """Radial bins of half a pixel up to FIT_RADIUS: (bin width, bin centres)."""
+    width = 0.5 / res
+    return width, (np.arange(int(np.ceil(FIT_RADIUS / width))) + 0.5) * width
+
+
+@functools.lru_cache(maxsize=8)
+def _blurred_steps(res: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per blur: radial profiles of unit discs of every candidate disc and cup radius.
+
+    A disc of radius a blurred by an isotropic Gaussian (sd s) has, at distance r from its
+    centre, the value P(|X| <= a) for X ~ N((r, 0), s^2 I): a non-central chi-square CDF.
+    """
+    from scipy.stats import ncx2
+
+    _, r = _radial_bins(res)
+    out = []
+    for blur_px in FIT_BLURS_PX:
+        s = blur_px / res
+        def profile(radii):
+            return ncx2.cdf((radii[:, None] / s) ** 2, 2, (r[None, :] / s) ** 2)
+        out.append((profile(FIT_DISC_RADII), profile(FIT_CUP_RADII)))
+    return out
 
 
 def classify(feats: pd.DataFrame) -> pd.DataFrame:

@@ -112,14 +112,17 @@ def build(heads: dict[str, int], settings: dict) -> nn.Module:
 
 def train(model: nn.Module, images: np.ndarray, targets: dict[str, np.ndarray], settings: dict,
           size: int, seed: int) -> nn.Module:
-    """Fit all heads at once (summed cross-entropy), deterministically for a given seed on CPU.
+    """Fit all heads at once (summed cross-entropy), deterministically for a given seed on CPU
+    (on a GPU when one is visible). Returns the model in eval mode, on the CPU.
 
     images: uint8 [N, H, W, 3]; targets: label -> int64 [N] class indices.
     """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     y_all = {k: torch.from_numpy(v.astype(np.int64)) for k, v in targets.items()}
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=1e-4)
     batch, epochs, n = settings["batch_size"], settings["epochs"], len(x_all)
     steps = epochs * max(1, -(-n // batch))
@@ -131,8 +134,8 @@ def train(model: nn.Module, images: np.ndarray, targets: dict[str, np.ndarray], 
             total = 0.0
             for start in range(0, n, batch):
                 index = order[start:start + batch]
-                _, logits = model(to_float(x_all[index], size))
-                loss = sum(F.cross_entropy(logits[k], y_all[k][index]) for k in logits)
+                _, logits = model(to_float(x_all[index].to(device), size))
+                loss = sum(F.cross_entropy(logits[k], y_all[k][index].to(device)) for k in logits)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -140,20 +143,22 @@ def train(model: nn.Module, images: np.ndarray, targets: dict[str, np.ndarray], 
                 total += loss.item() * len(index)
                 bar.update()
             log.info("epoch %d/%d: mean summed cross-entropy %.4f", epoch + 1, epochs, total / n)
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, size: int, batch: int = 256):
     """(features [N, F], label -> class probabilities [N, C]) as numpy arrays."""
-    model.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     feats, probs = [], {}
     for start in range(0, len(x_all), batch):
-        features, logits = model(to_float(x_all[start:start + batch], size))
-        feats.append(features)
+        features, logits = model(to_float(x_all[start:start + batch].to(device), size))
+        feats.append(features.cpu())
         for k, v in logits.items():
-            probs.setdefault(k, []).append(v.softmax(dim=1))
+            probs.setdefault(k, []).append(v.softmax(dim=1).cpu())
+    model.cpu()
     return (torch.cat(feats).numpy().astype(np.float64),
             {k: torch.cat(v).numpy().astype(np.float64) for k, v in probs.items()})
 

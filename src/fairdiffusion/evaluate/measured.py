@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import io
 from ..cli import json_arg
+from ..errors import FairDiffError
 from . import equity, images, stats, tidy
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..data.synthetic import measure
 
+    if args.dataset.get("source") != "synthetic":
+        raise FairDiffError(f"--dataset: measured-label accuracy needs source 'synthetic' (labels "
+                            f"measurable from the image), got '{args.dataset.get('source')}'")
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     rows = images.read_table(args.table, args.split, attributes, labels)
     log.info("measuring %d images of %s", len(rows), rows.attrs["source"])

@@ -15,8 +15,9 @@ COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", 
 KEYS = ["metric", "task", "attribute", "group", "extractor"]
 REFERENCE = "real"  # the method name of rows measured on (or trained on) real images
 
-# Lower is better for these; every other known metric is higher-is-better. ES-M has M's
-# direction (DESIGN.md 1.2 scales a lower-is-better metric up with the disparity).
+# Lower is better for these and for every "<metric>-gap" (max - min over groups); the others
+# listed are higher-is-better. ES-M has M's direction (DESIGN.md 1.2 scales a lower-is-better
+# metric up with the disparity).
 LOWER_BETTER = {"FID", "KID", "DPD", "EOD"}
 HIGHER_BETTER = {"IS", "precision", "recall", "AUC", "accuracy"}
 
@@ -24,7 +25,7 @@ HIGHER_BETTER = {"IS", "precision", "recall", "AUC", "accuracy"}
 def direction(metric: str) -> str | None:
     """'lower', 'higher', or None for a metric this module does not know (no arrow, no best)."""
     base = metric[3:] if metric.startswith("ES-") else metric
-    if base in LOWER_BETTER:
+    if base in LOWER_BETTER or base.endswith("-gap"):
         return "lower"
     if base in HIGHER_BETTER:
         return "higher"

@@ -1,0 +1,109 @@
+"""Equity scaling, AUC/ES-AUC, fairness differences and statistics on hand-computed examples."""
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fairdiffusion.evaluate import equity, semantic, stats
+
+
+def test_equity_scaling_higher_and_lower_is_better():
+    # AUC 0.8, groups 0.7 / 0.9: disparity 0.2 -> 0.8 / 1.2
+    assert equity.equity_scaled(0.8, [0.7, 0.9], alpha=1.0) == pytest.approx(0.8 / 1.2)
+    # FID 10, groups 8 / 14: disparity 6 -> 10 * (1 + 0.5 * 6) = 40 (worse than 10)
+    assert equity.equity_scaled(10.0, [8.0, 14.0], alpha=0.5, higher_is_better=False) == pytest.approx(40.0)
+    # no disparity, or alpha 0: unchanged
+    assert equity.equity_scaled(3.0, [3.0, 3.0], alpha=1.0) == 3.0
+    assert equity.equity_scaled(3.0, [1.0, 9.0], alpha=0.0, higher_is_better=False) == 3.0
+    assert equity.gap([0.7, 0.9, 0.75]) == pytest.approx(0.2)
+    assert math.isnan(equity.gap([]))
+
+
+def test_auc_binary_multiclass_and_single_class():
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.4, 0.35, 0.8])
+    assert semantic.auc(y, np.stack([1 - p1, p1], axis=1)) == pytest.approx(0.75)  # 3 of 4 pairs
+    rng = np.random.default_rng(0)
+    y3 = rng.integers(0, 3, 60)
+    p3 = rng.dirichlet(np.ones(3), 60)
+    assert semantic.auc(y3, p3) == pytest.approx(roc_auc_score(y3, p3, multi_class="ovr", average="macro"))
+    assert math.isnan(semantic.auc(np.array([1, 1, 1]), np.full((3, 2), 0.5)))
+
+
+def test_semantic_rows_es_auc_and_single_class_group(caplog):
+    # group A: perfect ranking (AUC 1); group B: 1 of 4 pairs right (AUC 0.25); group C: one class only
+    test = pd.DataFrame({"race": ["A"] * 4 + ["B"] * 4 + ["C"] * 2,
+                         "tumour": ["no", "no", "yes", "yes"] * 2 + ["yes", "yes"]})
+    p_yes = np.array([0.1, 0.2, 0.8, 0.9, 0.7, 0.6, 0.65, 0.3, 0.5, 0.55])
+    probs = {"tumour": np.stack([1 - p_yes, p_yes], axis=1)}
+    with caplog.at_level(logging.WARNING):
+        rows = pd.DataFrame(semantic.evaluate(test, probs, {"tumour": ["no", "yes"]},
+                                              {"race": ["A", "B", "C"]}, 1.0, 20, 0, {}))
+    assert "race=C" in caplog.text
+    auc = rows[rows.metric == "AUC"].set_index("group")["value"]
+    assert set(auc.index) == {"all", "A", "B"}
+    assert auc["A"] == pytest.approx(1.0) and auc["B"] == pytest.approx(0.25)
+    overall = roc_auc_score(test["tumour"] == "yes", p_yes)
+    assert auc["all"] == pytest.approx(overall)
+    es = rows[rows.metric == "ES-AUC"]["value"].item()
+    assert es == pytest.approx(overall / (1 + abs(overall - 1.0) + abs(overall - 0.25)))
+
+
+def test_demographic_parity_and_equalized_odds():
+    a, b = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool), np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    # P(pred=1): A 3/4, B 1/4 -> 0.5; TPR A 1, B 0.5; FPR A 0.5, B 0 -> EOD 0.5
+    assert semantic.demographic_parity_difference(pred, [a, b], 2) == pytest.approx(0.5)
+    assert semantic.equalized_odds_difference(y, pred, [a, b], 2) == pytest.approx(0.5)
+    pred_fair = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    assert semantic.demographic_parity_difference(pred_fair, [a, b], 2) == 0.0
+    # three classes: P(pred=2) is 1/4 in A and 3/4 in B -> 0.5 is the largest class gap
+    pred3 = np.array([0, 1, 2, 1, 2, 2, 2, 0])
+    assert semantic.demographic_parity_difference(pred3, [a, b], 3) == pytest.approx(0.5)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    x = (np.arange(200) % 4 == 0).astype(float)
+    lo, hi = stats.bootstrap_mean_ci(x, 500, seed=1)
+    assert (lo, hi) == stats.bootstrap_mean_ci(x, 500, seed=1)
+    assert lo < x.mean() < hi and hi - lo < 0.2
+    lo2, hi2 = stats.bootstrap_ci(lambda i: x[i].mean(), len(x), 500, seed=1)
+    assert (lo2, hi2) == pytest.approx((lo, hi))
+    assert all(math.isnan(v) for v in stats.bootstrap_mean_ci(x, 0))
+
+
+def test_paired_seed_test_and_image_bootstrap():
+    base = np.array([10.0, 12.0, 11.0, 13.0, 12.5])
+    arm = base - np.array([1.0, 1.5, 0.5, 1.2, 0.8])
+    result = stats.paired_seed_test(arm, base)
+    assert result["sign"] == -1 and result["mean_diff"] == pytest.approx(-1.0)
+    assert result["sign_pvalue"] == pytest.approx(2 * 0.5 ** 5)  # all 5 differences negative
+    assert result["t_pvalue"] < 0.01
+    assert math.isnan(stats.paired_seed_test([1.0], [2.0])["t_pvalue"])
+
+    rng = np.random.default_rng(0)
+    right_base = rng.random(300) < 0.6
+    right_arm = right_base | (rng.random(300) < 0.3)  # strictly more correct images
+    res = stats.paired_bootstrap(lambda i: right_arm[i].mean(), lambda i: right_base[i].mean(), 300, 400, 0)
+    assert res["sign"] == 1 and 0 < res["lower"] <= res["diff"] <= res["upper"] and res["pvalue"] < 0.01
+
+
+def test_seed_summary_and_compare_arms():
+    rows = []
+    for method, shift in (("baseline", 0.0), ("fairdiffusion", -2.0)):
+        for seed in range(3):
+            rows.append({"dataset": "d", "method": method, "seed": seed, "metric": "FID", "task": "",
+                         "attribute": "all", "group": "all", "extractor": "x", "value": 10 + seed + shift})
+    frame = pd.DataFrame(rows)
+    summary = stats.seed_summary(frame).set_index("method")
+    assert summary.loc["baseline", "mean"] == pytest.approx(11.0)
+    assert summary.loc["baseline", "std"] == pytest.approx(1.0)
+    assert summary.loc["fairdiffusion", "n_seeds"] == 3
+    compared = stats.compare_arms(frame, "fairdiffusion")
+    assert len(compared) == 1
+    assert compared["mean_diff"].item() == pytest.approx(-2.0) and compared["sign"].item() == -1

@@ -1,0 +1,179 @@
+"""Evaluation stages on a small SynthFundus set: extractor, cached features, quality, semantic, measure."""
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fairdiffusion.cli import main
+from fairdiffusion.data import synthetic
+from fairdiffusion.errors import FairDiffError
+from fairdiffusion.evaluate import equity, extractor, features, images, quality
+
+ATTRIBUTES = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
+              "ethnicity": ["Non-Hispanic", "Hispanic"]}
+LABELS = {k: list(v) for k, v in synthetic.LABELS.items()}
+DATASET = {"source": "synthetic", "resolution": 32, "attributes": ATTRIBUTES, "labels": LABELS,
+           "synthetic": {"n_train": 240, "n_val": 20, "n_test": 120, "seed": 0, "difficulty": 1.0}}
+EVALUATE = {"extractor": "domain", "inception_weights": None, "alpha": 1.0, "kid_subset_size": 100,
+            "is_label": None, "bootstrap": 50,
+            "classifier": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003}}
+
+
+def write_samples(folder, n, seed):
+    """A stand-in for a run's samples folder: SynthFundus images + prompts.csv."""
+    from PIL import Image
+
+    meta, imgs = synthetic.generate(n, 32, seed)
+    rows = meta[[*ATTRIBUTES, *LABELS, "prompt"]].copy()
+    rows.insert(0, "id", [f"s{i}" for i in range(n)])
+    rows.insert(1, "image", [f"{i:04d}.png" for i in range(n)])
+    folder.mkdir(parents=True)
+    for name, img in zip(rows["image"], imgs):
+        Image.fromarray(img).save(folder / name)
+    rows.to_csv(folder / "prompts.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    frame = synthetic.build("toy", DATASET, data)
+    frame.to_csv(data / "manifest.csv", index=False)
+    ds, ev = json.dumps(DATASET), json.dumps(EVALUATE)
+    assert main(["extractor", "--manifest", str(data / "manifest.csv"), "--dataset", ds,
+                 "--evaluate", ev, "--threads", "1", "--out", str(root / "ext")]) == 0
+    samples = write_samples(root / "samples" / "test", 120, seed=5)
+    for name, table, split in (("real", data / "manifest.csv", "test"), ("gen", samples, None)):
+        args = ["features", "--table", str(table), "--dataset", ds, "--evaluate", ev,
+                "--extractor-dir", str(root / "ext"), "--out", str(root / f"{name}.safetensors")]
+        assert main(args + (["--split", split] if split else [])) == 0
+    return {"root": root, "manifest": data / "manifest.csv", "samples": samples, "ds": ds, "ev": ev}
+
+
+def rows_and_images(env, which):
+    if which == "real":
+        rows = images.read_table(env["manifest"], "test", ATTRIBUTES, LABELS)
+    else:
+        rows = images.read_table(env["samples"], None, ATTRIBUTES, LABELS)
+    return rows, images.load_images(rows)
+
+
+def test_extractor_folder_records_standardisation_and_is_head(env):
+    config = json.loads((env["root"] / "ext" / "config.json").read_text())
+    assert config["is_label"] == "vision_loss"  # the label with the most classes
+    assert len(config["feature_mean"]) == len(config["feature_std"]) == 64
+    feats, ids, tag, layers = features.load(env["root"] / "real.safetensors")
+    assert tag.startswith("domain@") and len(tag) == len("domain@") + 8
+    assert ids == rows_and_images(env, "real")[0]["id"].tolist()
+    assert layers["isc"] == "logits" and feats["logits"].shape == (120, 4)
+
+
+def test_cached_metrics_equal_torch_fidelity_end_to_end(env):
+    from torch_fidelity import calculate_metrics
+
+    extractor.register()
+    extractor.register()  # guarded: a second registration is harmless
+    gen_rows, gen = rows_and_images(env, "gen")
+    real_rows, real = rows_and_images(env, "real")
+    kw = quality.fidelity_kwargs(len(gen), len(real), EVALUATE["kid_subset_size"])
+    reference = calculate_metrics(
+        input1=images.UInt8Images(gen), input2=images.UInt8Images(real), fid=True, kid=True,
+        isc=True, prc=True, feature_extractor=extractor.DOMAIN,
+        feature_extractor_weights_path=str(env["root"] / "ext"), cuda=False, cache=False,
+        verbose=False, save_cpu_ram=True, kid_subset_size=kw["kid_subset_size"])
+    g, _, _, layers = features.load(env["root"] / "gen.safetensors")
+    r, _, _, _ = features.load(env["root"] / "real.safetensors")
+    ours = quality.compute(g, r, layers, EVALUATE["kid_subset_size"])
+    pairs = {"FID": "frechet_inception_distance", "KID": "kernel_inception_distance_mean",
+             "IS": "inception_score_mean", "precision": "precision", "recall": "recall"}
+    for metric, key in pairs.items():
+        assert ours[metric][0] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), metric
+
+
+def test_group_metrics_equal_metrics_of_the_group_alone(env, tmp_path):
+    gen_rows, gen = rows_and_images(env, "gen")
+    real_rows, real = rows_and_images(env, "real")
+    g, _, tag, layers = features.load(env["root"] / "gen.safetensors")
+    r, _, _, _ = features.load(env["root"] / "real.safetensors")
+    context = {"dataset": "toy", "method": "m", "seed": 0, "extractor": tag}
+    out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers, 100, 1.0, context))
+    fe, _, _ = extractor.open_extractor("domain", EVALUATE, env["root"] / "ext", cuda=False)
+    # the group's images alone, through the network again
+    gm, rm = gen_rows["gender"].to_numpy() == "Male", real_rows["gender"].to_numpy() == "Male"
+    alone = quality.compute(features.extract(gen[gm], fe), features.extract(real[rm], fe), layers, 100)
+    for metric, (value, _) in alone.items():
+        got = out[(out.metric == metric) & (out.attribute == "gender") & (out.group == "Male")]["value"]
+        assert got.item() == pytest.approx(value, rel=1e-5, abs=1e-7), metric
+    # ES-FID per attribute is the documented formula over the group rows
+    groups = out[(out.metric == "FID") & (out.attribute == "race")]["value"].to_list()
+    overall = out[(out.metric == "FID") & (out.attribute == "all")]["value"].item()
+    es = out[(out.metric == "ES-FID") & (out.attribute == "race")]["value"].item()
+    assert es == pytest.approx(equity.equity_scaled(overall, groups, 1.0, higher_is_better=False))
+    assert es >= overall
+
+
+def test_small_groups_are_skipped_with_a_warning(env, caplog):
+    gen_rows, _ = rows_and_images(env, "gen")
+    real_rows, _ = rows_and_images(env, "real")
+    g, _, tag, layers = features.load(env["root"] / "gen.safetensors")
+    r, _, _, _ = features.load(env["root"] / "real.safetensors")
+    counts = real_rows["race"].value_counts()
+    small = [grp for grp in ATTRIBUTES["race"] if counts.get(grp, 0) < quality.MIN_IMAGES]
+    gen_rows = gen_rows.copy()
+    gen_rows.loc[gen_rows.index[:200], "ethnicity"] = "Non-Hispanic"  # no generated Hispanic image
+    with caplog.at_level(logging.WARNING):
+        out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers, 100, 1.0,
+                                            {"extractor": tag}))
+    assert "Hispanic" not in set(out["group"])
+    assert "ethnicity=Hispanic" in caplog.text
+    assert not set(small) & set(out["group"])
+    assert not out["value"].isna().any()
+
+
+def test_ids_out_of_order_and_missing_inception_weights_are_errors(env, tmp_path):
+    gen_rows, _ = rows_and_images(env, "gen")
+    with pytest.raises(FairDiffError, match="do not match"):
+        quality.aligned(str(env["root"] / "gen.safetensors"), gen_rows.iloc[::-1].reset_index(drop=True), "x")
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FairDiffError, match="evaluate.inception_weights.*nowhere.pth"):
+        extractor.open_extractor("inception-v3-compat", {"inception_weights": str(missing)}, None, False)
+
+
+def test_quality_semantic_measure_commands_write_tidy_csvs(env):
+    root, ds, ev = env["root"], env["ds"], env["ev"]
+    assert main(["quality", "--generated", str(root / "gen.safetensors"), "--generated-table",
+                 str(env["samples"]), "--real", str(root / "real.safetensors"), "--manifest",
+                 str(env["manifest"]), "--dataset", ds, "--evaluate", ev, "--name", "toy",
+                 "--method", "baseline", "--seed", "0", "--out", str(root / "quality.csv")]) == 0
+    train = write_samples(root / "samples" / "train", 200, seed=6)
+    assert main(["semantic", "--train", str(train), "--manifest", str(env["manifest"]),
+                 "--dataset", ds, "--evaluate", ev, "--name", "toy", "--method", "baseline",
+                 "--seed", "0", "--threads", "1", "--out", str(root / "semantic.csv"),
+                 "--predictions", str(root / "predictions.csv")]) == 0
+    assert main(["measure", "--table", str(env["manifest"]), "--split", "test", "--dataset", ds,
+                 "--evaluate", ev, "--name", "toy", "--method", "real", "--seed", "0",
+                 "--out", str(root / "measured.csv"), "--per-image", str(root / "per_image.csv")]) == 0
+    contract = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor", "value"]
+    for name in ("quality", "semantic", "measured"):
+        out = pd.read_csv(root / f"{name}.csv", keep_default_na=False)
+        assert list(out.columns[:9]) == contract
+        assert (out.loc[out.metric.str.startswith("ES-"), "group"] == "all").all()
+    sem = pd.read_csv(root / "semantic.csv")
+    auc = sem[(sem.metric == "AUC") & (sem.attribute == "all")]
+    assert sorted(auc["task"]) == sorted(LABELS)
+    assert ((auc["lower"] <= auc["value"]) & (auc["value"] <= auc["upper"])).all()
+    predictions = pd.read_csv(root / "predictions.csv")
+    assert len(predictions) == 120
+    probs = predictions[[f"cup_disc:{c}" for c in LABELS["cup_disc"]]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    measured = pd.read_csv(root / "measured.csv")
+    per_image = pd.read_csv(root / "per_image.csv")
+    right = (per_image["cup_disc:measured"] == per_image["cup_disc:intended"]).mean()
+    got = measured[(measured.task == "cup_disc") & (measured.attribute == "all") & (measured.metric == "accuracy")]
+    assert got["value"].item() == pytest.approx(right)
