@@ -1,1 +1,34 @@
-# Stage: latents (filled in by its issue).
+# Latents: VAE latents and text-encoder states of a split, computed once and shared by every arm.
+
+
+rule cache_latents:
+    input:
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        base=base_model_input,
+    output:
+        latents=f"{RESULTS}/latents/{{dataset}}/{{split}}/latents.safetensors",
+    log:
+        "logs/cache_latents/{dataset}/{split}.log",
+    benchmark:
+        "benchmarks/cache_latents/{dataset}/{split}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        cpus_per_gpu=2,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+    params:
+        base=base_model,
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        # Flipped latents are only needed where training reads them.
+        flip=lambda wc: (
+            "--random-flip"
+            if wc.split == "train" and config["train"]["random_flip"]
+            else ""
+        ),
+    shell:
+        "fairdiff cache-latents --base {params.base} --manifest {input.manifest} "
+        "--split {wildcards.split} --dataset {params.dataset} {params.flip} "
+        "--out {output.latents} --threads {threads} > {log} 2>&1"

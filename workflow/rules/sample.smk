@@ -1,1 +1,37 @@
-# Stage: sample (filled in by its issue).
+# Sampling: images for the prompts of the test split (quality metrics) and of the train split
+# (train-on-synthetic classifiers), from each trained UNet (its EMA weights when kept).
+
+
+rule sample:
+    input:
+        unet=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/unet/config.json",
+        run_info=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/run_info.json",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        base=base_model_input,
+    output:
+        prompts=f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}/prompts.csv",
+    log:
+        "logs/sample/{dataset}/{method}/seed{seed}/{split}.log",
+    benchmark:
+        "benchmarks/sample/{dataset}/{method}/seed{seed}/{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        cpus_per_gpu=4,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    params:
+        base=base_model,
+        model=lambda wc, input: os.path.dirname(input.run_info),
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        sample=as_arg(config["sample"]),
+        out=lambda wc, output: os.path.dirname(output.prompts),
+    shell:
+        "fairdiff sample --base {params.base} --model {params.model} "
+        "--manifest {input.manifest} --split {wildcards.split} --dataset {params.dataset} "
+        "--sample {params.sample} --seed {wildcards.seed} --out {params.out} "
+        "--threads {threads} > {log} 2>&1"

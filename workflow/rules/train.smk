@@ -1,1 +1,39 @@
-# Stage: train (filled in by its issue).
+# Training: fine-tune the UNet on the cached latents, once per dataset, arm (method) and seed.
+# Checkpoints live outside the declared outputs (results/checkpoints/...), so a failed or
+# retried job resumes from the latest one instead of starting over.
+
+
+rule train:
+    input:
+        latents=f"{RESULTS}/latents/{{dataset}}/train/latents.safetensors",
+        base=base_model_input,
+    output:
+        unet=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/unet/config.json",
+        train_log=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/train_log.csv",
+        trajectory=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/bo_trajectory.csv",
+        run_info=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/run_info.json",
+    log:
+        "logs/train/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train/{dataset}/{method}/seed{seed}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    # One thread per run: on a small CPU machine the arms then train side by side.
+    threads: 1
+    resources:
+        gpu=1,
+        cpus_per_gpu=4,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 240 * attempt,
+    params:
+        base=base_model,
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        train=as_arg(config["train"]),
+        fair_bayes=as_arg(config["fair_bayes"]),
+        out=lambda wc, output: os.path.dirname(output.run_info),
+        checkpoints=f"{RESULTS}/checkpoints/{{dataset}}/{{method}}/seed{{seed}}",
+    shell:
+        "fairdiff train --latents {input.latents} --base {params.base} "
+        "--dataset {params.dataset} --train {params.train} --method {wildcards.method} "
+        "--fair-bayes {params.fair_bayes} --seed {wildcards.seed} --out {params.out} "
+        "--checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"

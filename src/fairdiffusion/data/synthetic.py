@@ -43,12 +43,13 @@ contrasts are equal); at d = 1 the Black group's cup contrast is 55 % of the Whi
 Measurement (`features`, then `classify`; `measure` does both). A tiny VAE (32 px -> 8 x 8
 latents) must not erase the labels, so the structures are large and the levels far apart, and
 the measurement averages over many pixels of a grey image (0.2 R + 0.5 G + 0.3 B): the disc
-centre is a thresholded centroid; disc and cup radii come from a least-squares fit of two soft
-radial steps (cup_disc = their ratio, thresholds halfway between the drawn ratios); wedge,
-lesions and crescent are mean grey levels of their zones against a per-image background model
-(plane + vignette, fitted outside every drawn structure), thresholded halfway between "absent"
-and the faintest group's level. It works at any resolution >= 32 and survives blur, noise and
-down/up-sampling (the tests check all of this per race group).
+centre is a thresholded centroid; disc and cup radii come from a least-squares fit of two
+Gaussian-blurred discs to the radial profile, the blur fitted too, so blur does not bias the
+radii (cup_disc = their ratio, thresholds halfway between the drawn ratios); wedge, lesions and
+crescent are mean grey levels of their zones once the fitted disc and a per-image background
+model (plane + vignette, fitted outside every drawn structure) are taken away, thresholded
+halfway between "absent" and the faintest group's level. It works at any resolution >= 32 and
+survives blur, noise and down/up-sampling (the tests check all of this per race group).
 
 Generation is vectorised numpy from one `numpy.random.Generator` seeded by `synthetic.seed`
 (the same seed gives byte-identical PNGs and manifest); 4000 images at 32 px take seconds.
@@ -123,6 +124,7 @@ LESION_DISTANCE = 0.58
 LESION_RADIUS = 0.10
 WEDGE_ANGLE = np.deg2rad(45.0)
 WEDGE_HALF_WIDTH = np.deg2rad(11.0)
+WEDGE_ANGLE_JITTER = np.deg2rad(4.0)
 WEDGE_START = 0.04  # gap between disc margin and wedge
 CRESCENT_HALF_ANGLE = np.deg2rad(38.0)
 CRESCENT_WIDTH = 0.13
@@ -193,7 +195,7 @@ def sample_metadata(n: int, rng: np.random.Generator, difficulty: float,
         "disc_radius": DISC_RADIUS * (1 + DISC_RADIUS_JITTER * rng.uniform(-1, 1, n)),
         "cup_ratio": CUP_RATIO[cup] + rng.uniform(-CUP_RATIO_JITTER, CUP_RATIO_JITTER, n),
         "glaucoma_wedge": glaucoma,
-        "wedge_angle": WEDGE_ANGLE + np.deg2rad(rng.uniform(-4, 4, n)),
+        "wedge_angle": WEDGE_ANGLE + rng.uniform(-WEDGE_ANGLE_JITTER, WEDGE_ANGLE_JITTER, n),
         "lesion_0": lesions[:, 0], "lesion_1": lesions[:, 1], "lesion_2": lesions[:, 2],
         "lesion_scale": rng.uniform(0.9, 1.1, n),
         "crescent": 1 - spherical,  # +1 dark (positive SE), 0 none, -1 pale (negative SE)
@@ -390,10 +392,11 @@ def features(images: np.ndarray) -> pd.DataFrame:
 
     Lengths are in image-side units, brightness in grey levels (0.2 R + 0.5 G + 0.3 B, in
     [0, 1]). Columns: centre_x, centre_y, disc_radius; cup_ratio (cup radius / disc radius);
-    background, disc_step, cup_step (levels of the radial step fit: the cup step is the cup's
-    contrast against the rim); wedge (darkness of the inferotemporal wedge zone against the
-    local background); crescent (brightness of the temporal crescent zone: > 0 pale, < 0 dark);
-    lesion_0..2 (brightness of the three corner lesion zones).
+    blur (Gaussian sd of the disc edges); background, disc_step, cup_step (levels of the radial
+    fit: the cup step is the cup's contrast against the rim); wedge (darkness of the
+    inferotemporal wedge zone against the local background); crescent (brightness of the
+    temporal crescent zone: > 0 pale, < 0 dark); lesion_0..2 (brightness of the three corner
+    lesion zones).
     """
     images = np.asarray(images)
     if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3
@@ -415,22 +418,24 @@ def _features(images: np.ndarray) -> pd.DataFrame:
     cx, cy = _disc_centre(grey, gx, gy)
     dx, dy = gx[None] - cx[:, None, None], gy[None] - cy[:, None, None]
     rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
-    flat_rho, flat_theta, flat_grey = rho.reshape(n, -1), theta.reshape(n, -1), grey.reshape(n, -1)
+    flat_grey = grey.reshape(n, -1)
 
-    fit = _fit_disc(flat_grey, flat_rho, flat_theta, res)
+    fit, disc_model = _fit_disc(flat_grey, rho.reshape(n, -1), theta.reshape(n, -1), res)
     r_disc = fit["disc_radius"]
 
-    # Background model per image (plane + vignette) from pixels outside every drawn structure,
-    # so the zone features below are brightness changes against the local background.
+    # Take the fitted (blurred) disc and cup away, then model the background per image (plane
+    # + vignette) from pixels outside every drawn structure: the zone features below are then
+    # brightness changes against the local background, free of the disc's blurred edge.
+    without_disc = flat_grey - disc_model
     zones = _zones(rho, theta, gx, gy, r_disc)
     footprints = _zones(rho, theta, gx, gy, r_disc, margin=fit["blur"])
     outside = ~np.any(np.stack(list(footprints.values())), axis=0)
     basis = np.stack([np.ones_like(gx), gx, gy, gx**2 + gy**2]).reshape(4, -1)
     w = outside.reshape(n, -1).astype(float)
     lhs = np.einsum("np,ip,jp->nij", w, basis, basis) + 1e-9 * np.eye(4)
-    rhs = np.einsum("np,ip,np->ni", w, basis, flat_grey)
+    rhs = np.einsum("np,ip,np->ni", w, basis, without_disc)
     coef = np.linalg.solve(lhs, rhs[..., None])[..., 0]
-    residual = flat_grey - coef @ basis
+    residual = without_disc - coef @ basis
 
     def zone_mean(mask):
         m = mask.reshape(n, -1).astype(float)
@@ -455,7 +460,8 @@ def _zones(rho, theta, gx, gy, r_disc, margin=None) -> dict[str, np.ndarray]:
         pad = 0.03 + margin[:, None, None]
         zones = {
             "disc": rho < r + pad,
-            "wedge": (rho * wedge_off < rho * WEDGE_HALF_WIDTH + pad) & (rho > r),
+            "wedge": (rho * wedge_off < rho * (WEDGE_HALF_WIDTH + WEDGE_ANGLE_JITTER) + pad)
+            & (rho > r),
             "crescent": (rho * np.abs(theta) < rho * CRESCENT_HALF_ANGLE + pad)
             & (rho < r + 1.15 * CRESCENT_WIDTH + pad),
         }
@@ -473,23 +479,32 @@ def _zones(rho, theta, gx, gy, r_disc, margin=None) -> dict[str, np.ndarray]:
     return zones
 
 
-def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, res: int) -> dict:
+def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray,
+              res: int) -> tuple[dict, np.ndarray]:
     """Least-squares fit of background + disc step + cup step to each image's radial profile.
 
     The steps are discs blurred by a Gaussian (exact radial profile), so the radii stay right
     on blurred images: a grid search over disc radius, cup radius and blur; for each triple the
     three levels are linear, so all triples and images are solved at once from binned sums.
     Pixels in the temporal crescent and glaucoma wedge sectors, and beyond the disc's
-    surroundings, are left out.
+    surroundings, are left out. Returns the fitted values and the fitted disc + cup (without
+    the background level) at every pixel [n, P].
     """
     n = grey.shape[0]
     use = (rho < FIT_RADIUS) & ~((theta > -np.deg2rad(55)) & (theta < np.deg2rad(65)))
-    bins, centres = _radial_bins(res)
-    index = np.minimum((rho / bins).astype(int), len(centres) - 1) + len(centres) * np.arange(n)[:, None]
-    weight = np.bincount(index[use], minlength=n * len(centres)).reshape(n, -1).astype(float)
-    total = np.bincount(index[use], weights=grey[use], minlength=n * len(centres)).reshape(n, -1)
-    best_score, best = np.full(n, np.inf), None
-    for blur_px, (disc_b, cup_b) in zip(FIT_BLURS_PX, _blurred_steps(res)):
+    width, centres = _radial_bins(res)
+    nbins = len(centres)
+    index = np.minimum((rho / width).astype(int), nbins - 1) + nbins * np.arange(n)[:, None]
+    weight = np.bincount(index[use], minlength=n * nbins).reshape(n, nbins).astype(float)
+    total = np.bincount(index[use], weights=grey[use], minlength=n * nbins).reshape(n, nbins)
+    disc_all, cup_all = _blurred_steps(res)
+    shape = (n, len(FIT_DISC_RADII), len(FIT_CUP_RADII))
+    valid = (FIT_CUP_RADII[None, :] < 0.97 * FIT_DISC_RADII[:, None])[None]
+    rows = np.arange(n)
+    best_score = np.full(n, np.inf)
+    best_blur, best_disc, best_cup = (np.zeros(n, int) for _ in range(3))
+    best_levels = np.zeros((n, 3))
+    for b, (disc_b, cup_b) in enumerate(zip(disc_all, cup_all)):
         s1 = weight.sum(axis=1)[:, None, None]
         sd = (weight @ disc_b.T)[:, :, None]
         sc = (weight @ cup_b.T)[:, None, :]
@@ -499,52 +514,53 @@ def _fit_disc(grey: np.ndarray, rho: np.ndarray, theta: np.ndarray, res: int) ->
         sy = total.sum(axis=1)[:, None, None]
         syd = (total @ disc_b.T)[:, :, None]
         syc = (total @ cup_b.T)[:, None, :]
-        shape = (n, len(FIT_DISC_RADII), len(FIT_CUP_RADII))
         lhs = np.stack([np.broadcast_to(a, shape) for a in
                         (s1, sd, sc, sd, sdd, sdc, sc, sdc, scc)], axis=-1).reshape(*shape, 3, 3)
         rhs = np.stack([np.broadcast_to(a, shape) for a in (sy, syd, syc)], axis=-1)
         beta = np.linalg.solve(lhs + 1e-9 * np.eye(3), rhs[..., None])[..., 0]
         # Sum of squared residuals up to a per-image constant: -(beta . rhs).
-        score = -(beta * rhs).sum(axis=-1)
-        valid = (FIT_CUP_RADII[None, :] < 0.97 * FIT_DISC_RADII[:, None])[None]
-        score = np.where(valid, score, np.inf).reshape(n, -1)
+        score = np.where(valid, -(beta * rhs).sum(axis=-1), np.inf).reshape(n, -1)
         pick = score.argmin(axis=1)
-        better = score[np.arange(n), pick] < best_score
-        best_score = np.where(better, score[np.arange(n), pick], best_score)
+        better = score[rows, pick] < best_score
         i_disc, i_cup = np.unravel_index(pick, shape[1:])
-        levels = beta[np.arange(n), i_disc, i_cup]
-        found = {"disc_radius": FIT_DISC_RADII[i_disc],
-                 "cup_ratio": FIT_CUP_RADII[i_cup] / FIT_DISC_RADII[i_disc],
-                 "blur": np.full(n, blur_px / res),
-                 "background": levels[:, 0], "disc_step": levels[:, 1], "cup_step": levels[:, 2]}
-        best = found if best is None else {k: np.where(better, found[k], best[k]) for k in found}
-    return best
+        best_score = np.where(better, score[rows, pick], best_score)
+        best_blur = np.where(better, b, best_blur)
+        best_disc = np.where(better, i_disc, best_disc)
+        best_cup = np.where(better, i_cup, best_cup)
+        best_levels = np.where(better[:, None], beta[rows, i_disc, i_cup], best_levels)
+    fit = {"disc_radius": FIT_DISC_RADII[best_disc],
+           "cup_ratio": FIT_CUP_RADII[best_cup] / FIT_DISC_RADII[best_disc],
+           "blur": np.asarray(FIT_BLURS_PX)[best_blur] / res,
+           "background": best_levels[:, 0], "disc_step": best_levels[:, 1],
+           "cup_step": best_levels[:, 2]}
+    profile = (best_levels[:, 1:2] * disc_all[best_blur, best_disc]
+               + best_levels[:, 2:3] * cup_all[best_blur, best_cup])
+    return fit, profile[rows[:, None], index - nbins * rows[:, None]]
 
 
 @functools.lru_cache(maxsize=8)
 def _radial_bins(res: int) -> tuple[float, np.ndarray]:
-    """Radial bins of half a pixel up to FIT_RADIUS: (bin width, bin centres)."""
+    """Radial bins of half a pixel out to the image corners: (bin width, bin centres)."""
     width = 0.5 / res
-    return width, (np.arange(int(np.ceil(FIT_RADIUS / width))) + 0.5) * width
+    return width, (np.arange(int(np.ceil(0.75 / width))) + 0.5) * width
 
 
 @functools.lru_cache(maxsize=8)
-def _blurred_steps(res: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per blur: radial profiles of unit discs of every candidate disc and cup radius.
+def _blurred_steps(res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Radial profiles [blurs, radii, bins] of unit discs of every candidate disc / cup radius.
 
     A disc of radius a blurred by an isotropic Gaussian (sd s) has, at distance r from its
     centre, the value P(|X| <= a) for X ~ N((r, 0), s^2 I): a non-central chi-square CDF.
     """
     from scipy.stats import ncx2
 
-    _, r = _radial_bins(res)
-    out = []
-    for blur_px in FIT_BLURS_PX:
-        s = blur_px / res
-        def profile(radii):
-            return ncx2.cdf((radii[:, None] / s) ** 2, 2, (r[None, :] / s) ** 2)
-        out.append((profile(FIT_DISC_RADII), profile(FIT_CUP_RADII)))
-    return out
+    r = _radial_bins(res)[1]
+    sd = np.asarray(FIT_BLURS_PX)[:, None, None] / res
+
+    def profile(radii):
+        return ncx2.cdf((radii[None, :, None] / sd) ** 2, 2, (r[None, None, :] / sd) ** 2)
+
+    return profile(FIT_DISC_RADII), profile(FIT_CUP_RADII)
 
 
 def classify(feats: pd.DataFrame) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from .. import io
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import cnn, images
+from . import cnn, images, runtime
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.set_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     size = args.dataset["resolution"]
     settings = args.evaluate["classifier"]

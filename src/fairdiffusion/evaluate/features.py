@@ -20,7 +20,7 @@ from .. import io
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import extractor as extractor_mod
-from . import images
+from . import images, runtime
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.set_threads(args.threads)
     cuda = torch.cuda.is_available()
     rows = images.read_table(args.table, args.split, args.dataset["attributes"], args.dataset["labels"])
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,

@@ -21,7 +21,7 @@ import pandas as pd
 from .. import io
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import equity, images, stats, tidy
+from . import equity, images, runtime, stats, tidy
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="dataset name (the dataset column)")
     parser.add_argument("--method", required=True, help="arm name, or 'real' for the reference")
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, BLAS)")
     parser.add_argument("--out", required=True, help="output measured.csv")
     parser.add_argument("--per-image", required=True,
                         help="output CSV: id, then measured and intended value of every label")
 
 
 def run(args: argparse.Namespace) -> None:
+    runtime.set_threads(args.threads)
     from ..data.synthetic import measure
 
     if args.dataset.get("source") != "synthetic":

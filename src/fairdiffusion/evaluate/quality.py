@@ -28,7 +28,7 @@ import torch
 from .. import io
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import equity, features, images, tidy
+from . import equity, features, images, runtime, tidy
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="dataset name (the dataset column)")
     parser.add_argument("--method", required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, BLAS)")
     parser.add_argument("--out", required=True, help="output quality.csv")
 
 
 def run(args: argparse.Namespace) -> None:
+    runtime.set_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     gen_rows = images.read_table(args.generated_table, None, attributes, labels)
     real_rows = images.read_table(args.manifest, args.split, attributes, labels)

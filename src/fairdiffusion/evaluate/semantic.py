@@ -33,12 +33,11 @@ import math
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import roc_auc_score
 
 from .. import io
 from ..cli import json_arg
-from . import cnn, equity, images, stats, tidy
+from . import cnn, equity, images, runtime, stats, tidy
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.set_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     size, settings = args.dataset["resolution"], args.evaluate["classifier"]
     train_rows = images.read_table(args.train, args.train_split, attributes, labels)

@@ -1,0 +1,32 @@
+# Helpers of evaluate.smk: where an image set's table, features and extractor live.
+
+EXTRACTOR = config["evaluate"]["extractor"]
+
+
+def manifest_path(wildcards):
+    return f"{RESULTS}/data/{wildcards.dataset}/manifest.csv"
+
+
+def samples_dir(wildcards, split, method=None, seed=None):
+    method = method or wildcards.method
+    seed = wildcards.seed if seed is None else seed
+    return f"{RESULTS}/samples/{wildcards.dataset}/{method}/seed{seed}/{split}"
+
+
+def feature_file(dataset, imageset):
+    return f"{RESULTS}/features/{dataset}/{EXTRACTOR}/{imageset}.safetensors"
+
+
+def extractor_input(wildcards):
+    """The domain extractor folder, or the Inception weights file (the CLI names a missing one)."""
+    if wildcards.extractor == "domain":
+        return f"{RESULTS}/models/{wildcards.dataset}/extractor"
+    return config["evaluate"]["inception_weights"] or []
+
+
+def imageset_table(wildcards):
+    """What an image set's features are extracted from: the manifest, or a run's samples."""
+    if wildcards.imageset == "real-test":
+        return manifest_path(wildcards)
+    method, seed = wildcards.imageset.removesuffix("-test").rsplit("-seed", 1)
+    return samples_dir(wildcards, "test", method, seed)
