@@ -107,3 +107,24 @@ def test_seed_summary_and_compare_arms():
     compared = stats.compare_arms(frame, "fairdiffusion")
     assert len(compared) == 1
     assert compared["mean_diff"].item() == pytest.approx(-2.0) and compared["sign"].item() == -1
+
+
+def test_torchvision_backbone_from_local_weights(tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from fairdiffusion.errors import FairDiffError
+    from fairdiffusion.evaluate import cnn
+
+    settings = {"backbone": "resnet18", "backbone_weights": str(tmp_path / "missing.safetensors")}
+    with pytest.raises(FairDiffError, match="evaluate.classifier.backbone_weights.*missing.safetensors"):
+        cnn.build({"glaucoma": 2}, settings)
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "r18.safetensors")
+    model = cnn.build({"glaucoma": 2, "vision_loss": 4},
+                      {"backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.safetensors")})
+    assert torch.equal(model.body.conv1.weight, source.conv1.weight)
+    features, logits = model.eval()(torch.zeros(2, 3, 32, 32))
+    assert features.shape == (2, 512) and logits["vision_loss"].shape == (2, 4)

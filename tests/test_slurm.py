@@ -1,4 +1,4 @@
-"""SLURM integration: the embedded pipeline, tiny, through snakemake-executor-plugin-slurm and
+"""SLURM integration: the embedded pipeline, tiny and up to sampling, through snakemake-executor-plugin-slurm and
 real sbatch on a one-node cluster (tests/slurm/cluster.sh) with slurmdbd accounting and one
 fake GPU. Checks what reaches SLURM (GPU rules get the GPU, the profile's retries resubmit a
 failed job with more memory), that every output exists and that every job's SLURM log is kept.
@@ -87,6 +87,8 @@ def make_profile(path: Path) -> dict:
     profile["default-resources"].update(slurm_partition=CPU_PARTITION, slurm_account=ACCOUNT)
     for resources in profile["set-resources"].values():
         resources.update(slurm_partition=GPU_PARTITION, gpu_model=GPU_MODEL)
+        # Fit the GPU jobs (4 CPUs, 16 GB on a real GPU node) onto the 2-CPU test node.
+        resources.update(cpus_per_gpu=1, mem_mb=2000)
     profile["slurm-init-seconds-before-status-checks"] = 2
     path.mkdir()
     (path / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -133,7 +135,16 @@ def test_pipeline_on_slurm(cluster, tmp_path):
     (workdir / "Snakefile").write_text(FLAKY_RULE.format(snakefile=ROOT / "Snakefile"))
     profile = make_profile(workdir / "profile")
     gpu_rules = set(profile["set-resources"])
-    args = ["--profile", "profile", "all", "flaky.txt"]
+    # Everything up to sampling, every arm: all the GPU rules. (The CPU-only metrics and
+    # tables add ~25 short jobs, minutes on a 2-CPU node, and nothing SLURM-specific.)
+    samples = [
+        f"results/samples/{dataset}/{method}/seed{seed}/{split}/prompts.csv"
+        for dataset in config["datasets"]
+        for method in config["methods"]
+        for seed in config["seeds"]
+        for split in ("train", "test")
+    ]
+    args = ["--profile", "profile", *samples, "flaky.txt"]
 
     rc = snakemake(args, workdir, cluster, tmp_path / "snakemake.log")
     log = (tmp_path / "snakemake.log").read_text()
@@ -143,9 +154,12 @@ def test_pipeline_on_slurm(cluster, tmp_path):
     snakemake([*args, "--dry-run"], workdir, cluster, tmp_path / "dry-run.log")
     assert "Nothing to be done" in (tmp_path / "dry-run.log").read_text()
 
+    for prompts in samples:
+        assert list((workdir / prompts).parent.glob("*.png")), f"no images next to {prompts}"
+
     jobs = sacct_jobs(workdir, cluster)
     ran = {job["rule"] for job in jobs}
-    assert {"train", "sample"} <= ran, ran
+    assert gpu_rules <= ran, ran
     for job in jobs:
         gpu = job["rule"] in gpu_rules
         assert (f"--gpus={GPU_MODEL}:1" in job["SubmitLine"]) == gpu, job

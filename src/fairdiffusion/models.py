@@ -9,14 +9,14 @@ configs shipped in configs/<tiny_architecture>/ (AutoencoderKL, UNet2DConditionM
 CLIPTextModel, DDPM scheduler, the offline tokenizer of tokenizer.py), trains the VAE on the
 dataset's train split (a random decoder only gives noise), sets the VAE's scaling_factor to
 1/std of its latents, and saves everything with save_pretrained as a stock
-StableDiffusionPipeline folder. It also measures the VAE ceiling: how often the labels measured
-on VAE reconstructions of the val split match the truth, per group (vae_ceiling.csv) - a
-generated image cannot carry a label better than the autoencoder reproduces it.
+StableDiffusionPipeline folder. For SynthFundus (whose labels can be measured) it also measures
+the VAE ceiling: how often the labels measured on VAE reconstructions of the val split match the
+truth, per group (vae_ceiling.csv, next to the same accuracy on the real images) - a generated
+image cannot carry a label better than the autoencoder reproduces it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -125,7 +125,7 @@ def build_tiny(architecture: str, resolution: int):
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float,
               seed: int = BASE_SEED) -> list[float]:
-    """Reconstruction training (MSE + a tiny KL term, as Stable Diffusion's VAE) with one-cycle LR."""
+    """Reconstruction training (MSE + a tiny KL term, like SD's VAE), one-cycle learning rate."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)

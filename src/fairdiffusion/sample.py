@@ -10,12 +10,14 @@ gives the same pixels up to floating-point noise. The pipeline is a stock Stable
 built from the base stack with the trained UNet (the EMA UNet when present).
 
 Resume: images go into a hidden partial folder beside the output (not a declared output, so it
-survives a failed job); images already there are skipped; the folder is published by a rename
-once prompts.csv is written.
+survives a failed job); images already there are skipped when they were made by the same model
+weights and settings (else the folder is cleared); the folder is published by a rename once
+prompts.csv is written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -112,7 +114,19 @@ def sample(base: str, model_dir: Path, manifest_path: Path, split: str, dataset:
     frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
     jobs = plan(frame, split, settings, seed)
     partial = out.parent / f".{out.name}.partial"
+    # Images left by an earlier attempt are reused only if they come from the same model and
+    # settings (the weights' hash, not their path, identifies the model).
+    from .train import file_hash
+
+    weights = unet_folder(model_dir) / "diffusion_pytorch_model.safetensors"
+    key = json.dumps({"base": base, "weights": file_hash(weights) if weights.exists() else None,
+                      "split": split, "sample": settings, "seed": seed,
+                      "resolution": dataset["resolution"]}, sort_keys=True)
+    if partial.exists() and (not (partial / "key.json").exists()
+                             or (partial / "key.json").read_text() != key):
+        shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    (partial / "key.json").write_text(key)
     todo = jobs[[not (partial / name).exists() for name in jobs["image"]]]
     log.info("%s: %d images (%d already in %s)", split, len(jobs), len(jobs) - len(todo), partial)
     pipe = load_pipeline(base, model_dir, settings["scheduler"])

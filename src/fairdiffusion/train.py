@@ -78,6 +78,18 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -147,14 +159,14 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
           fair_bayes: dict, seed: int, out: Path, checkpoints: Path) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import broadcast, gather
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
     from .method import make_weighting
 
     tensors, meta = latents.read(latents_path)
-    if meta["attributes"] != dataset["attributes"]:
+    # Order matters: the columns of `groups` follow the attributes' order.
+    if list(meta["attributes"].items()) != list(dataset["attributes"].items()):
         raise FairDiffError(f"{latents_path}: cached attributes {meta['attributes']} differ from "
                             f"the dataset config's {dataset['attributes']}; re-run cache-latents")
     if settings["random_flip"] and "latents_flipped" not in tensors:
@@ -186,8 +198,10 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings["learning_rate"],
                                   weight_decay=settings["weight_decay"])
-    lr_schedule = get_scheduler("constant_with_warmup", optimizer,
-                                num_warmup_steps=settings["lr_warmup_steps"])
+    # Linear warm-up over lr_warmup_steps, then constant; the first step already gets lr / warmup.
+    warmup = max(1, settings["lr_warmup_steps"])
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup))
     ema = None
     if settings["use_ema"]:
         ema = EMAModel(unet.parameters(), decay=settings["ema_decay"],
@@ -202,8 +216,8 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
         state = json.loads((resume / "state.json").read_text())
         if state["config_hash"] != config_hash:
             raise FairDiffError(f"{resume}: checkpoint written with different training settings "
-                                f"(hash {state['config_hash']} != {config_hash}); delete "
-                                f"{checkpoints} to start over")
+                                f"({', '.join(changed_keys(state['settings'], run_settings))}); "
+                                f"delete {checkpoints} to start over")
         from safetensors.torch import load_file
 
         unet.load_state_dict(load_file(str(resume / "unet.safetensors")))
@@ -289,6 +303,7 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
             step_losses.append(per_sample.detach())
             step_groups.append(groups[idx].to(device))
             step_t.append(t_dev)
+        lr = lr_schedule.get_last_lr()[0]
         lr_schedule.step()
         if ema is not None:
             ema.step(unet.parameters())
@@ -301,7 +316,7 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
         bar.update(1)
         if step % settings["log_every"] == 0 or step == max_steps:
             log_rows.append({"step": step, "loss": float(np.mean(window)),
-                             "lr": lr_schedule.get_last_lr()[0],
+                             "lr": lr,
                              "time": round(elapsed + time.time() - start, 3)})
             window = []
             bar.set_postfix(loss=f"{log_rows[-1]['loss']:.4f}")

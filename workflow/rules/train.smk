@@ -32,8 +32,15 @@ rule train:
         fair_bayes=as_arg(config["fair_bayes"]),
         out=lambda wc, output: os.path.dirname(output.run_info),
         checkpoints=f"{RESULTS}/checkpoints/{{dataset}}/{{method}}/seed{{seed}}",
+        # gpu: N (set in the SLURM profile) trains with N processes on one node, one per GPU.
+        launch=lambda wc, resources: (
+            "accelerate launch --multi_gpu --num_machines 1 --dynamo_backend no "
+            f"--num_processes {resources.gpu} -m fairdiffusion.cli"
+            if resources.gpu > 1
+            else "fairdiff"
+        ),
     shell:
-        "fairdiff train --latents {input.latents} --base {params.base} "
+        "{params.launch} train --latents {input.latents} --base {params.base} "
         "--dataset {params.dataset} --train {params.train} --method {wildcards.method} "
         "--fair-bayes {params.fair_bayes} --seed {wildcards.seed} --out {params.out} "
         "--checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"

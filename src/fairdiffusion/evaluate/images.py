@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -14,14 +13,12 @@ from torch.utils.data import Dataset
 
 from ..errors import FairDiffError
 
-log = logging.getLogger(__name__)
-
 
 def read_table(path: str | Path, split: str | None, attributes: dict, labels: dict) -> pd.DataFrame:
     """Rows of an image set: a manifest (restricted to `split`) or a samples folder's prompts.csv.
 
     Both carry the manifest columns; `image` is relative to the table's folder. Values outside
-    the declared groups/classes are an error (manifest.validate's message names the file).
+    the declared groups/classes are an error naming the file.
     """
     path = Path(path)
     if path.is_dir():

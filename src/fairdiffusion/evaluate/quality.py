@@ -44,8 +44,12 @@ def fidelity_kwargs(n1: int, n2: int, kid_subset_size: int) -> dict:
             "kid_subset_size": min(kid_subset_size, min(n1, n2) // 2)}
 
 
-def compute(generated: dict, real: dict, layers: dict, kid_subset_size: int) -> dict:
-    """metric -> (value, std) for one pair of feature sets (generated = input1, real = input2)."""
+def compute(generated: dict, real: dict, layers: dict, kid_subset_size: int,
+            metrics: tuple[str, ...] = ("FID", "KID", "IS", "PR")) -> dict:
+    """metric -> (value, std) for one pair of feature sets (generated = input1, real = input2).
+
+    `metrics` picks among FID, KID, IS and PR (precision, recall and F-score).
+    """
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
@@ -53,19 +57,22 @@ def compute(generated: dict, real: dict, layers: dict, kid_subset_size: int) -> 
 
     n1, n2 = len(generated[layers["fid"]]), len(real[layers["fid"]])
     kw = fidelity_kwargs(n1, n2, kid_subset_size)
-    fid = fid_statistics_to_metric(fid_featuresdict_to_statistics(generated, layers["fid"]),
-                                   fid_featuresdict_to_statistics(real, layers["fid"]), verbose=False)
-    kid = kid_featuresdict_to_metric(generated, real, layers["kid"], **kw)
-    isc = isc_featuresdict_to_metric(generated, layers["isc"], **kw)
-    prc = prc_featuresdict_to_metric(generated, real, layers["prc"], **kw)
-    return {
-        "FID": (fid["frechet_inception_distance"], np.nan),
-        "KID": (kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]),
-        "IS": (isc["inception_score_mean"], isc["inception_score_std"]),
-        "precision": (prc["precision"], np.nan),
-        "recall": (prc["recall"], np.nan),
-        "F-score": (prc["f_score"], np.nan),
-    }
+    out = {}
+    if "FID" in metrics:
+        fid = fid_statistics_to_metric(fid_featuresdict_to_statistics(generated, layers["fid"]),
+                                       fid_featuresdict_to_statistics(real, layers["fid"]), verbose=False)
+        out["FID"] = (fid["frechet_inception_distance"], np.nan)
+    if "KID" in metrics:
+        kid = kid_featuresdict_to_metric(generated, real, layers["kid"], **kw)
+        out["KID"] = (kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"])
+    if "IS" in metrics:
+        isc = isc_featuresdict_to_metric(generated, layers["isc"], **kw)
+        out["IS"] = (isc["inception_score_mean"], isc["inception_score_std"])
+    if "PR" in metrics:
+        prc = prc_featuresdict_to_metric(generated, real, layers["prc"], **kw)
+        out.update({"precision": (prc["precision"], np.nan), "recall": (prc["recall"], np.nan),
+                    "F-score": (prc["f_score"], np.nan)})
+    return out
 
 
 def subset(feats: dict, mask: np.ndarray) -> dict:

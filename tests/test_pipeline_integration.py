@@ -1,0 +1,65 @@
+"""End to end through Snakemake on a tiny config: prepare -> base_model -> cache_latents -> train
+(two arms) -> sample, in a temporary working directory."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = {
+    "results": "results",
+    "datasets": {
+        "synthfundus": {
+            **yaml.safe_load((ROOT / "config.yaml").read_text())["datasets"]["synthfundus"],
+            "synthetic": {"n_train": 24, "n_val": 6, "n_test": 6, "seed": 0},
+        }
+    },
+    "model": {"pretrained": None, "vae": {"steps": 3, "batch_size": 8}},
+    "train": {"max_steps": 3, "batch_size": 4, "checkpoint_every": 2, "log_every": 1},
+    "methods": ["baseline", "fairdiffusion"],
+    "fair_bayes": {"time_window": 2},
+    "seeds": [0],
+    "sample": {"num_inference_steps": 2, "train_prompts": 4, "batch_size": 8},
+}
+
+
+@pytest.mark.slow
+def test_snakemake_runs_the_model_stages_end_to_end(tmp_path):
+    snakemake = shutil.which("snakemake")
+    assert snakemake, "snakemake is not on PATH"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    targets = [f"results/samples/synthfundus/{m}/seed0/{s}/prompts.csv"
+               for m in CONFIG["methods"] for s in ("test", "train")]
+    targets.append("results/latents/synthfundus/test/latents.safetensors")
+    cmd = [snakemake, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
+           str(tmp_path / "config.yaml"), "-c2", *targets]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = tmp_path / "results"
+    base = results / "models" / "synthfundus" / "base"
+    assert json.loads((base / "model_index.json").read_text())["_class_name"] == \
+        "StableDiffusionPipeline"
+    assert (base / "vae_ceiling.csv").exists()
+    for method in CONFIG["methods"]:
+        model = results / "models" / "synthfundus" / method / "seed0"
+        assert pd.read_csv(model / "train_log.csv")["step"].tolist() == [1, 2, 3]
+        assert (model / "unet_ema" / "config.json").exists()
+        assert (results / "checkpoints" / "synthfundus" / method / "seed0").is_dir()
+        for split, n in (("test", 6), ("train", 4)):
+            folder = results / "samples" / "synthfundus" / method / "seed0" / split
+            prompts = pd.read_csv(folder / "prompts.csv")
+            assert len(prompts) == n
+            assert all((folder / name).exists() for name in prompts["image"])
+    for log in ("base_model/synthfundus.log", "train/synthfundus/fairdiffusion/seed0.log"):
+        assert (tmp_path / "logs" / log).exists()
+    # A second run has nothing left to do.
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr

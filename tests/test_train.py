@@ -1,0 +1,203 @@
+"""Latent caching and UNet training: cache contents, seed pairing, resume, refusals, outputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from fairdiffusion import latents, models, train
+from fairdiffusion.config import validate
+from fairdiffusion.data import manifest
+from fairdiffusion.data.prepare import prepare
+from fairdiffusion.errors import FairDiffError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny SynthFundus dataset, a base stack (VAE barely trained) and its train-split cache."""
+    root = tmp_path_factory.mktemp("train")
+    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    ds = cfg["datasets"]["synthfundus"]
+    ds["synthetic"].update(n_train=24, n_val=6, n_test=6)
+    prepare("synthfundus", ds, root / "data")
+    cfg["model"]["vae"].update(steps=2, batch_size=8)
+    models.build_base("synthfundus", ds, cfg["model"], root / "data" / "manifest.csv",
+                      root / "base")
+    cache = root / "latents" / "train" / "latents.safetensors"
+    latents.cache(str(root / "base"), root / "data" / "manifest.csv", "train", ds, True, cache)
+    settings = {**cfg["train"], "max_steps": 4, "batch_size": 4, "checkpoint_every": 2,
+                "log_every": 1, "lr_warmup_steps": 2}
+    return SimpleNamespace(root=root, ds=ds, cache=cache, base=str(root / "base"),
+                           settings=settings, fair_bayes={**cfg["fair_bayes"], "time_window": 3})
+
+
+def _train(run, name, method="baseline", seed=0, **overrides):
+    out = run.root / "models" / name
+    train.train(run.cache, run.base, run.ds, {**run.settings, **overrides}, method,
+                run.fair_bayes, seed, out, run.root / "checkpoints" / name)
+    return out
+
+
+def test_cache_holds_rows_groups_and_prompt_states(run):
+    tensors, meta = latents.read(run.cache)
+    frame = manifest.read(run.root / "data" / "manifest.csv")
+    frame = frame[frame["split"] == "train"].reset_index(drop=True)
+    assert meta["ids"] == list(frame["id"])
+    n = len(frame)
+    assert tensors["latents"].shape[0] == tensors["latents_flipped"].shape[0] == n
+    assert tensors["latents"].shape[1:] == (4, 16, 16)
+    assert not torch.equal(tensors["latents"], tensors["latents_flipped"])
+    for a, (attribute, groups) in enumerate(run.ds["attributes"].items()):
+        names = [groups[i] for i in tensors["groups"][:, a].tolist()]
+        assert names == list(frame[attribute])
+    prompts = [meta["prompts"][i] for i in tensors["prompt_index"].tolist()]
+    assert prompts == list(frame["prompt"])
+    # The cached states are the ones the stock pipeline computes for the same prompts.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(run.base)
+    embeds, _ = pipe.encode_prompt(prompts[:2], "cpu", 1, False)
+    assert torch.allclose(embeds, tensors["text"][tensors["prompt_index"][:2]], atol=1e-6)
+    empty, _ = pipe.encode_prompt([""], "cpu", 1, False)
+    assert torch.allclose(empty, tensors["empty_text"], atol=1e-6)
+    # Latents are the posterior mean times the scaling factor, decodable by the pipeline's VAE.
+    assert float(meta["scaling_factor"]) == pipe.vae.config.scaling_factor
+
+
+def test_batch_order_is_a_pure_function_of_the_batch_index():
+    order = train.BatchOrder(10, 4, seed=3)
+    batches = [order(q) for q in range(5)]          # 20 draws = two full epochs
+    first_two_epochs = torch.cat(batches).tolist()
+    assert sorted(first_two_epochs[:10]) == list(range(10))
+    assert sorted(first_two_epochs[10:20]) == list(range(10))
+    fresh = train.BatchOrder(10, 4, seed=3)
+    assert torch.equal(fresh(4), batches[4])        # no hidden state: resume lands on the same rows
+
+
+def test_arms_share_data_noise_and_timesteps_for_a_seed(run):
+    base = _train(run, "pair_baseline", "baseline", max_steps=2)
+    rand = _train(run, "pair_random", "random", max_steps=2)
+    other_seed = _train(run, "pair_seed1", "baseline", seed=1, max_steps=2)
+    log_b = pd.read_csv(base / "train_log.csv")
+    log_r = pd.read_csv(rand / "train_log.csv")
+    log_s = pd.read_csv(other_seed / "train_log.csv")
+    # Step 1's unweighted loss is computed before any update: same batch, noise and timesteps.
+    assert log_b["loss"][0] == log_r["loss"][0]
+    assert log_b["loss"][0] != log_s["loss"][0]
+    # After one update the arms differ (random weights the loss, baseline does not).
+    assert log_b["loss"][1] != log_r["loss"][1]
+
+
+def test_outputs_load_in_a_stock_pipeline(run):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    out = _train(run, "outputs", "fairdiffusion")
+    for name in ("unet", "unet_ema"):
+        unet = UNet2DConditionModel.from_pretrained(out / name)
+        pipe = StableDiffusionPipeline.from_pretrained(run.base, unet=unet)
+        assert pipe.unet is unet
+    assert not torch.equal(
+        load_file(out / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"],
+        load_file(out / "unet_ema" / "diffusion_pytorch_model.safetensors")["conv_in.weight"])
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == ["step", "loss", "lr", "time"]
+    assert log["step"].tolist() == [1, 2, 3, 4]
+    # Constant LR after the linear warm-up.
+    lr = run.settings["learning_rate"]
+    assert log["lr"].tolist() == pytest.approx([lr / 2, lr, lr, lr])   # lr_warmup_steps = 2
+    trajectory = pd.read_csv(out / "bo_trajectory.csv")
+    assert (trajectory["kind"] == "step").sum() == 4
+    assert (trajectory["kind"] == "bo_update").sum() == 1
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["settings"]["method"] == "fairdiffusion"
+
+
+def test_resume_with_different_settings_is_refused(run):
+    _train(run, "refuse", max_steps=2)
+    with pytest.raises(FairDiffError,
+                       match=r"different training settings \(train.learning_rate\)"):
+        _train(run, "refuse", max_steps=4, learning_rate=1e-2)
+
+
+def test_non_finite_loss_stops_and_saves_nothing(run):
+    tensors, meta = latents.read(run.cache)
+    tensors["latents"][:] = float("inf")
+    bad = run.root / "bad.safetensors"
+    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}
+    save_file(tensors, str(bad), metadata=meta)
+    out = run.root / "models" / "nan"
+    with pytest.raises(FairDiffError, match="non-finite loss at step 0"):
+        train.train(bad, run.base, run.ds, run.settings, "baseline", run.fair_bayes, 0, out,
+                    run.root / "checkpoints" / "nan")
+    assert not out.exists()
+
+
+def _cli(run, name, steps):
+    settings = {**run.settings, "max_steps": steps}
+    return [sys.executable, "-m", "fairdiffusion.cli", "train", "--latents", str(run.cache),
+            "--base", run.base, "--dataset", json.dumps(run.ds), "--train", json.dumps(settings),
+            "--method", "fairdiffusion", "--fair-bayes", json.dumps(run.fair_bayes),
+            "--seed", "0", "--out", str(run.root / "models" / name),
+            "--checkpoints", str(run.root / "checkpoints" / name), "--threads", "1"]
+
+
+def _weights(folder):
+    return {f"{sub}/{k}": v for sub in ("unet", "unet_ema")
+            for k, v in load_file(folder / sub / "diffusion_pytorch_model.safetensors").items()}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(run):
+    steps = 10
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(_cli(run, "straight", steps), check=True, env=env, capture_output=True)
+    # Kill a second run as soon as its first checkpoint is complete, then rerun the same command.
+    proc = subprocess.Popen(_cli(run, "killed", steps), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = run.root / "checkpoints" / "killed" / "checkpoint-0000002" / "state.json"
+    while not first.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (run.root / "models" / "killed").exists(), "the run finished before the kill"
+    subprocess.run(_cli(run, "killed", steps), check=True, env=env, capture_output=True)
+
+    straight, resumed = _weights(run.root / "models" / "straight"), \
+        _weights(run.root / "models" / "killed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    info = json.loads((run.root / "models" / "killed" / "run_info.json").read_text())
+    assert info["settings"]["resumed_from"] is not None
+    for csv in ("train_log.csv", "bo_trajectory.csv"):
+        a = pd.read_csv(run.root / "models" / "straight" / csv)
+        b = pd.read_csv(run.root / "models" / "killed" / csv)
+        cols = [c for c in a.columns if c != "time"]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_v_prediction_follows_the_scheduler_config(run):
+    vbase = run.root / "vbase"
+    shutil.copytree(run.base, vbase)
+    config_path = vbase / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    eps = _train(run, "eps", max_steps=1)
+    v = SimpleNamespace(**{**vars(run), "base": str(vbase)})
+    vout = _train(v, "vpred", max_steps=1)
+    # Same model, batch, noise and timesteps: only the regression target differs.
+    assert pd.read_csv(eps / "train_log.csv")["loss"][0] != \
+        pd.read_csv(vout / "train_log.csv")["loss"][0]
