@@ -221,3 +221,18 @@ def test_hugging_face_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FairDiffError, match="harvardairobotics/FairGenMed: download from Hugging"):
         download.download("fairgenmed", {"source": "fairgenmed"}, out)
     assert not (out / "download.done").exists()
+
+
+def test_single_file_download_checks_sha256_prefix(serve, tmp_path):
+    payload = b"weights" * 1000
+    digest = hashlib.sha256(payload).hexdigest()
+    server = serve(payload, truncate=1)
+    out = tmp_path / "resources" / "weights.pth"
+    assert download.http_file(server.url, out, digest[:8], wait=0) == digest
+    assert out.read_bytes() == payload
+    assert files_under(tmp_path / "resources") == [out]
+
+    bad = tmp_path / "resources" / "other.pth"
+    with pytest.raises(FairDiffError, match="does not start with 00000000"):
+        download.http_file(serve(payload).url, bad, "00000000", wait=0)
+    assert files_under(tmp_path / "resources") == [out]

@@ -138,7 +138,7 @@ def test_pipeline_on_slurm(cluster, tmp_path):
     # Everything up to sampling, every arm: all the GPU rules. (The CPU-only metrics and
     # tables add ~25 short jobs, minutes on a 2-CPU node, and nothing SLURM-specific.)
     samples = [
-        f"results/samples/{dataset}/{method}/seed{seed}/{split}/prompts.csv"
+        f"results/samples/{dataset}/{method}/seed{seed}/{split}"
         for dataset in config["datasets"]
         for method in config["methods"]
         for seed in config["seeds"]

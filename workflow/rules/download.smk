@@ -9,6 +9,7 @@
 
 localrules:
     download,
+    download_inception,
 
 
 rule download:
@@ -31,3 +32,22 @@ rule download:
     shell:
         "fairdiff download --name {wildcards.dataset} --dataset {params.dataset} "
         "--out {params.out} > {log} 2>&1"
+
+
+rule download_inception:
+    output:
+        weights="resources/weights-inception-2015-12-05-6726825d.pth",
+    log:
+        "logs/download_inception.log",
+    retries: 2
+    conda:
+        "../../envs/evaluate.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        # torch-fidelity's release of the TF-ported FID Inception weights
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    shell:
+        "fairdiff download --url {params.url} --sha256-prefix 6726825d "
+        "--out {output.weights} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule sample:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         base=base_model_input,
     output:
-        prompts=f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}/prompts.csv",
+        samples=directory(f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}"),
     log:
         "logs/sample/{dataset}/{method}/seed{seed}/{split}.log",
     benchmark:
@@ -29,9 +29,8 @@ rule sample:
         model=lambda wc, input: os.path.dirname(input.run_info),
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         sample=as_arg(config["sample"]),
-        out=lambda wc, output: os.path.dirname(output.prompts),
     shell:
         "fairdiff sample --base {params.base} --model {params.model} "
         "--manifest {input.manifest} --split {wildcards.split} --dataset {params.dataset} "
-        "--sample {params.sample} --seed {wildcards.seed} --out {params.out} "
+        "--sample {params.sample} --seed {wildcards.seed} --out {output.samples} "
         "--threads {threads} > {log} 2>&1"

@@ -61,15 +61,41 @@ CHUNK = 1 << 20
 def add_arguments(parser):
     from ..cli import json_arg
 
-    parser.add_argument("--name", required=True, help="dataset name (the {dataset} wildcard)")
-    parser.add_argument("--dataset", required=True, type=json_arg,
+    parser.add_argument("--name", help="dataset name (the {dataset} wildcard)")
+    parser.add_argument("--dataset", type=json_arg,
                         help="the dataset's config section (JSON, or @file.yaml)")
+    parser.add_argument("--url", help="instead of a dataset: fetch this one file to --out")
+    parser.add_argument("--sha256-prefix", default="",
+                        help="with --url: the file's sha256 must start with this (torch hub's "
+                             "file-name convention)")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output folder (resources/{dataset}); download.done is written last")
+                        help="output folder (resources/{dataset}; download.done is written "
+                             "last), or the file with --url")
 
 
 def run(args):
-    download(args.name, args.dataset, args.out)
+    if args.url:
+        http_file(args.url, args.out, args.sha256_prefix)
+    elif args.name and args.dataset is not None:
+        download(args.name, args.dataset, args.out)
+    else:
+        raise FairDiffError("download: give --name and --dataset, or --url")
+
+
+def http_file(url: str, out: Path, sha256_prefix: str = "", attempts: int = 3,
+              wait: float = 5.0) -> str:
+    """Fetch one file (e.g. feature-extractor weights), verify its sha256 prefix, publish it."""
+    out = Path(out)
+    part = out.parent / f".{out.name}.part"
+    fetch(url, part, attempts=attempts, wait=wait)
+    digest = sha256_file(part)
+    if not digest.startswith(sha256_prefix.lower()):
+        part.unlink()
+        raise FairDiffError(f"{url}: sha256 {digest} does not start with {sha256_prefix}; "
+                            f"the download was deleted")
+    part.replace(out)
+    log.info("downloaded %s to %s (sha256 %s)", url, out, digest)
+    return digest
 
 
 def download(name: str, cfg: dict, out: Path, attempts: int = 3, wait: float = 5.0) -> dict:
