@@ -34,7 +34,7 @@ def test_snakemake_runs_the_model_stages_end_to_end(tmp_path):
     snakemake = shutil.which("snakemake")
     assert snakemake, "snakemake is not on PATH"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    targets = [f"results/samples/synthfundus/{m}/seed0/{s}/prompts.csv"
+    targets = [f"results/samples/synthfundus/{m}/seed0/{s}"
                for m in CONFIG["methods"] for s in ("test", "train")]
     targets.append("results/latents/synthfundus/test/latents.safetensors")
     cmd = [snakemake, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",

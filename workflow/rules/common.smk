@@ -31,8 +31,11 @@ def dataset_cfg(wildcards):
 
 
 def as_arg(value):
-    """A config value as one shell-quoted JSON argument (params track it for reruns)."""
-    return shlex.quote(json.dumps(value, sort_keys=True))
+    """A config value as one shell-quoted JSON argument (params track it for reruns).
+
+    Keys keep their declared order: attribute, group and label order fixes group indices.
+    """
+    return shlex.quote(json.dumps(value))
 
 
 def base_model(wildcards):

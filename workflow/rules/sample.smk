@@ -9,7 +9,9 @@ rule sample:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         base=base_model_input,
     output:
-        samples=directory(f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}"),
+        samples=directory(
+            f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}"
+        ),
     log:
         "logs/sample/{dataset}/{method}/seed{seed}/{split}.log",
     benchmark:
