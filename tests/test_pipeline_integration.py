@@ -63,3 +63,41 @@ def test_snakemake_runs_the_model_stages_end_to_end(tmp_path):
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+FULL = {
+    **CONFIG,
+    "datasets": {"synthfundus": {**CONFIG["datasets"]["synthfundus"],
+                                 "synthetic": {"n_train": 80, "n_val": 10, "n_test": 40,
+                                               "seed": 0}}},
+    "methods": ["baseline", "fairdiffusion", "random"],
+    "sample": {"num_inference_steps": 2, "train_prompts": 40, "batch_size": 40},
+    "evaluate": {"classifier": {"epochs": 1}, "bootstrap": 20, "kid_subset_size": 10},
+}
+
+
+@pytest.mark.slow
+def test_default_targets_and_report_on_a_tiny_config(tmp_path):
+    """`snakemake` (rule all: every table and figure) and `snakemake --report` on real outputs."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(FULL))
+    cmd = ["snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
+           str(tmp_path / "config.yaml"), "-c2"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = tmp_path / "results" / "tables"
+    for kind in ("quality", "groups", "semantic", "measured", "paired"):
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{kind}_synthfundus.{ext}").stat().st_size > 0
+    quality = pd.read_csv(tables / "quality_synthfundus.csv")
+    assert set(FULL["methods"]) <= set(quality.iloc[:, 0])
+    for kind in ("groups", "es", "trajectory", "loss", "samples"):
+        assert (tmp_path / "results" / "figures" / f"{kind}_synthfundus.png").stat().st_size > 0
+    for folder in (tmp_path / "results" / "metrics" / "synthfundus").glob("*/seed0"):
+        assert (folder / "quality.csv").exists() and (folder / "measured.csv").exists()
+
+    report = subprocess.run([*cmd, "--report", str(tmp_path / "report.html")],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    for caption in (ROOT / "workflow" / "report").glob("table_*.rst"):
+        assert caption.stem.removeprefix("table_") in html
