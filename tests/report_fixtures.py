@@ -111,7 +111,9 @@ def pipeline_outputs(results: Path, methods=("baseline", "fairdiffusion"), seeds
             write(run / "bo_trajectory.csv", trajectory)
             samples = results / "samples" / dataset / method / f"seed{seed}" / "test"
             test = manifest[manifest["split"] == "test"].drop(columns="split")
-            test = test.assign(image=[f"{k:05d}.png" for k in range(len(test))])
+            # as fairdiff sample writes it: one id per generated copy, the manifest id as source_id
+            test = test.assign(image=[f"{k:05d}.png" for k in range(len(test))],
+                               source_id=test["id"], copy=0, id=test["id"] + "_0")
             for name in test["image"]:
                 image(samples / name, rng)
             write(samples / "prompts.csv", test.to_dict("records"))

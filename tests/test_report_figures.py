@@ -58,7 +58,8 @@ def test_sample_grid_uses_the_same_prompts(results, tmp_path):
     samples = paths(results, "samples/synthfundus/*/seed0/test")
     real = pd.read_csv(results / "data/synthfundus/manifest.csv")
     real = real[real["split"] == "test"]
-    runs = {p.split("/")[-3]: pd.read_csv(f"{p}/prompts.csv") for p in samples}
+    runs = {p.split("/")[-3]: figures.sample_rows(pd.read_csv(f"{p}/prompts.csv"))
+            for p in samples}
     picked = figures.pick_prompts(real, runs, "race", ATTRIBUTES["race"], 2)
     assert [g for g, _ in picked] == ["Asian", "Asian", "Black", "Black", "White", "White"]
     for group, row in picked:  # the first test rows of each group, in manifest order

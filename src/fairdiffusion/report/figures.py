@@ -163,6 +163,13 @@ def loss(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def sample_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A run's prompts.csv keyed by the manifest id it was generated from (first copy of each)."""
+    if "source_id" in table.columns:
+        table = table.assign(id=table["source_id"])
+    return table.drop_duplicates("id")
+
+
 def pick_prompts(real: pd.DataFrame, runs: dict[str, pd.DataFrame], attribute: str,
                  groups: list[str], per_group: int) -> list[tuple[str, pd.Series]]:
     """The first `per_group` test rows of each group (manifest order) that every arm generated
@@ -196,7 +203,7 @@ def samples(manifest: Path, sample_dirs: list[Path], attributes: dict, attribute
         if not table.exists():
             raise FairDiffError(f"{table}: not found")
         method, _ = _run_of(folder)
-        runs[method] = pd.read_csv(table, dtype=str, keep_default_na=False).drop_duplicates("id")
+        runs[method] = sample_rows(pd.read_csv(table, dtype=str, keep_default_na=False))
     picked = pick_prompts(real, runs, attribute, attributes[attribute], per_group)
     columns = [("real", manifest.parent, real)] + [(m, d, runs[m]) for m, d in
                                                    zip(runs, sample_dirs)]
