@@ -38,9 +38,16 @@ log = logging.getLogger(__name__)
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], batch_size: int = 64):
     """Hidden states [P, L, D] exactly as StableDiffusionPipeline.encode_prompt computes them."""
     states = []
+    limit = tokenizer.model_max_length
+    for prompt, ids in zip(prompts, tokenizer(prompts, verbose=False).input_ids):
+        if len(ids) > limit:
+            # As diffusers' pipelines do: truncate to the text encoder's limit, and say so.
+            dropped = tokenizer.decode(ids[limit - 1:-1])
+            log.warning("prompt truncated to the tokenizer's %d tokens (model_max_length), "
+                        "dropped: %r (prompt: %r)", limit, dropped, prompt)
     for i in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[i:i + batch_size], padding="max_length", truncation=True,
-                        max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+                        max_length=limit, return_tensors="pt").input_ids
         states.append(text_encoder(ids)[0].float())
     return torch.cat(states)
 
@@ -68,7 +75,7 @@ def cache(base: str, manifest_path: Path, split: str, dataset: dict, random_flip
     text_encoder = models.load(base, "text_encoder").to(device).eval()
     tokenizer = models.load(base, "tokenizer")
 
-    images = models.read_images(manifest_path, frame)
+    images = models.read_images(manifest_path, frame, int(dataset["resolution"]))
     tensors = {"latents": encode_images(vae, images, batch_size)}
     if random_flip:
         tensors["latents_flipped"] = encode_images(vae, images[:, :, ::-1].copy(), batch_size)
@@ -101,16 +108,20 @@ def cache(base: str, manifest_path: Path, split: str, dataset: dict, random_flip
 
 def read(path: str | Path) -> tuple[dict, dict]:
     """(tensors, metadata with JSON fields decoded) of a latent cache file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.exists():
         raise FairDiffError(f"{path}: latent cache not found (run cache-latents)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for key in ("ids", "prompts", "attributes", "labels"):
-        meta[key] = json.loads(meta[key])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        for key in ("ids", "prompts", "attributes", "labels"):
+            meta[key] = json.loads(meta[key])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+        raise FairDiffError(f"{path}: incomplete or corrupt latent cache ({err}); rebuild it "
+                            f"(snakemake --forcerun cache_latents, or fairdiff cache-latents)") from err
     return tensors, meta
 
 

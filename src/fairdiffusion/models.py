@@ -62,8 +62,9 @@ def load(base: str, component: str):
                             ) from None
 
 
-def read_images(manifest_path: str | Path, frame) -> np.ndarray:
-    """The images of manifest rows as uint8 [N, H, W, 3]."""
+def read_images(manifest_path: str | Path, frame, resolution: int | None = None) -> np.ndarray:
+    """The images of manifest rows as uint8 [N, H, W, 3]: RGB (and resolution x resolution when
+    given), as the manifest contract says; a corrupt or non-conforming file is an error naming it."""
     from PIL import Image
 
     images = []
@@ -71,7 +72,19 @@ def read_images(manifest_path: str | Path, frame) -> np.ndarray:
         path = manifest.image_path(manifest_path, name)
         if not path.exists():
             raise FairDiffError(f"{path}: image listed in {manifest_path} not found")
-        images.append(np.asarray(Image.open(path).convert("RGB")))
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode, size = image.mode, image.size
+                array = np.asarray(image)
+        except OSError as err:
+            raise FairDiffError(f"{path}: cannot read the image ({err}); rebuild the dataset "
+                                f"(fairdiff data)") from err
+        if mode != "RGB" or (resolution is not None and size != (resolution, resolution)):
+            expected = f"{resolution}x{resolution} " if resolution is not None else ""
+            raise FairDiffError(f"{path}: image is {mode} {size[0]}x{size[1]}, expected {expected}"
+                                f"RGB (the manifest contract); rebuild the dataset (fairdiff data)")
+        images.append(array)
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
         raise FairDiffError(f"{manifest_path}: images have different sizes {sorted(sizes)[:3]}; "
@@ -211,7 +224,7 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
     frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
     stack = build_tiny(model["tiny_architecture"], int(dataset["resolution"]))
     train = frame[frame["split"] == "train"]
-    images = to_tensor(read_images(manifest_path, train))
+    images = to_tensor(read_images(manifest_path, train, int(dataset["resolution"])))
     if images.shape[-1] != dataset["resolution"]:
         raise FairDiffError(f"{manifest_path}: images are {images.shape[-1]} px, the dataset's "
                             f"resolution is {dataset['resolution']}")

@@ -210,3 +210,6 @@ def run(args: argparse.Namespace) -> None:
             "seed": args.seed,
         }
         io.write_json(tmp / "config.json", config)
+        io.write_json(tmp / "run_info.json", io.run_info(
+            {"manifest": args.manifest, "dataset": args.dataset, "evaluate": args.evaluate,
+             "seed": args.seed}))

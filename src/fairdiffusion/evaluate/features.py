@@ -43,16 +43,21 @@ def save(path: str | Path, features: dict, ids: list[str], tag: str, layers: dic
 
 def load(path: str | Path) -> tuple[dict, list[str], str, dict]:
     """(layer -> tensor, ids, extractor tag, metric -> layer) of a cached feature file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FairDiffError(f"{path}: feature file not found (run `fairdiff features`)")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if not {"ids", "extractor", "layers"} <= set(meta):
-            raise FairDiffError(f"{path}: not a feature file (metadata ids/extractor/layers missing)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise FairDiffError(f"{path}: incomplete or corrupt feature file ({err}); rebuild it "
+                            f"(snakemake --forcerun extract_features, or fairdiff features)"
+                            ) from err
+    if not {"ids", "extractor", "layers"} <= set(meta):
+        raise FairDiffError(f"{path}: not a feature file (metadata ids/extractor/layers missing)")
     return tensors, json.loads(meta["ids"]), meta["extractor"], json.loads(meta["layers"])
 
 
