@@ -19,7 +19,7 @@ REFERENCE = "real"  # the method name of rows measured on (or trained on) real i
 # listed are higher-is-better. ES-M has M's direction (DESIGN.md 1.2 scales a lower-is-better
 # metric up with the disparity).
 LOWER_BETTER = {"FID", "KID", "DPD", "EOD"}
-HIGHER_BETTER = {"IS", "precision", "recall", "AUC", "accuracy"}
+HIGHER_BETTER = {"IS", "precision", "recall", "F-score", "AUC", "accuracy"}
 
 
 def direction(metric: str) -> str | None:
