@@ -82,7 +82,8 @@ def main():
 
     per_image = statistics.median(rates["per_image"])
     frame = pd.DataFrame([
-        {"way": way, "images_per_s": statistics.median(r), "ratio": statistics.median(r) / per_image,
+        {"way": way, "images_per_s": statistics.median(r),
+         "ratio": statistics.median(r) / per_image,
          "images": args.single_images if way == "per_image" else n_batched,
          "batch_size": 1 if way == "per_image" else batch, "rounds": args.rounds,
          "scheduler": settings["scheduler"], "steps": settings["num_inference_steps"],

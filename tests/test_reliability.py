@@ -613,3 +613,82 @@ def test_outputs_and_logs_never_hold_the_token(stack, tmp_path):
     info = json.loads((tmp_path / "results" / "data" / "run_info.json").read_text())
     assert info["versions"]["torch"]
     assert files_containing(tmp_path, SENTINEL) == []
+
+
+# --- 2. faults: the whole workflow killed, then --rerun-incomplete ---------------------------
+
+WORKFLOW = {
+    "results": "results",
+    "datasets": {"synthfundus": {
+        **yaml.safe_load((ROOT / "config.yaml").read_text())["datasets"]["synthfundus"],
+        "synthetic": {"n_train": 16, "n_val": 4, "n_test": 8, "seed": 0}}},
+    "model": {"pretrained": None, "vae": {"steps": 2, "batch_size": 8}},
+    "train": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 2, "log_every": 1},
+    "methods": ["baseline"],
+    "seeds": [0],
+    "sample": {"num_inference_steps": 2, "batch_size": 2, "train_prompts": 4},
+}
+RUN = "results/models/synthfundus/baseline/seed0"
+SAMPLES = "results/samples/synthfundus/baseline/seed0/test"
+
+
+def _snakemake(workdir: Path, *extra, config: dict = WORKFLOW) -> list[str]:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+            str(path), "-c1", *extra, SAMPLES]
+
+
+@pytest.mark.slow
+def test_killed_workflow_reruns_incomplete_jobs_to_identical_results(tmp_path):
+    """SIGKILL to Snakemake and its job (mid-training or mid-sampling, chosen at random), then
+    `snakemake --rerun-incomplete`: the trained weights and every sampled image equal those of
+    an uninterrupted run. (The tables downstream are pure functions of these files; running
+    the whole DAG twice takes over five minutes on two cores, so the test stops at sampling.)"""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+    done = subprocess.run(_snakemake(straight), capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    phase = random.Random(os.environ.get("RELIABILITY_SEED")).choice(["train", "sample"])
+    marker = {"train": killed / "results/checkpoints/synthfundus/baseline/seed0" /
+              "checkpoint-0000002" / "state.json",
+              "sample": killed / Path(SAMPLES).parent / ".test.partial" / "000000.png"}[phase]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(_snakemake(killed), stdout=log, stderr=subprocess.STDOUT,
+                                env=cli_env(), start_new_session=True)
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)                  # Snakemake and the running job
+    proc.wait()
+    assert not (killed / SAMPLES).exists(), f"the workflow finished before the kill ({phase})"
+
+    # A killed Snakemake leaves its lock: the documented recovery is --unlock, then the same
+    # command with --rerun-incomplete.
+    unlock = subprocess.run(_snakemake(killed, "--unlock"), capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    done = subprocess.run(_snakemake(killed, "--rerun-incomplete"), capture_output=True,
+                          text=True, env=cli_env())
+    assert done.returncode == 0, (phase, done.stderr[-3000:])
+    a, b = _weights(straight / RUN), _weights(killed / RUN)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), phase
+    prompts = pd.read_csv(straight / SAMPLES / "prompts.csv")
+    pd.testing.assert_frame_equal(prompts, pd.read_csv(killed / SAMPLES / "prompts.csv"))
+    for name in prompts["image"]:
+        assert np.array_equal(np.asarray(Image.open(straight / SAMPLES / name)),
+                              np.asarray(Image.open(killed / SAMPLES / name))), (phase, name)
+    assert leftovers(killed / "results") == []
+
+    # Config change detection (rerun-triggers: params): the same config has nothing to do; a
+    # changed training setting reruns training and everything downstream of it.
+    again = subprocess.run([*_snakemake(straight), "-n"], capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    changed = {**WORKFLOW, "train": {**WORKFLOW["train"], "learning_rate": 0.001}}
+    dry = subprocess.run(_snakemake(straight, "-n", config=changed), capture_output=True,
+                         text=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = dry.stdout + dry.stderr
+    assert "rule train:" in jobs and "Params have changed since last execution" in jobs
+    assert "rule sample:" in jobs and "cache_latents" not in jobs

@@ -121,7 +121,8 @@ def read(path: str | Path) -> tuple[dict, dict]:
             meta[key] = json.loads(meta[key])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
         raise FairDiffError(f"{path}: incomplete or corrupt latent cache ({err}); rebuild it "
-                            f"(snakemake --forcerun cache_latents, or fairdiff cache-latents)") from err
+                            f"(snakemake --forcerun cache_latents, or fairdiff cache-latents)"
+                            ) from err
     return tensors, meta
 
 

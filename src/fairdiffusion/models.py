@@ -64,7 +64,7 @@ def load(base: str, component: str):
 
 def read_images(manifest_path: str | Path, frame, resolution: int | None = None) -> np.ndarray:
     """The images of manifest rows as uint8 [N, H, W, 3]: RGB (and resolution x resolution when
-    given), as the manifest contract says; a corrupt or non-conforming file is an error naming it."""
+    given), as the manifest contract says; a corrupt or other file is an error naming it."""
     from PIL import Image
 
     images = []

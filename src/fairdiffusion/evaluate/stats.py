@@ -7,6 +7,10 @@
 - `paired_bootstrap`: arm vs baseline on the same resampled test images (paired by image):
   the difference, its percentile CI and a two-sided bootstrap p-value.
 - `compare_arms`: `paired_seed_test` for every metric row of a tidy metrics table.
+- `paired_mean_ci`: t-interval of the mean of paired differences (seed-level CI).
+- `paired_t_power`, `minimum_detectable_effect`, `pairs_needed`: power of the two-sided paired
+  t-test from the sd of the paired differences (noncentral t): the smallest effect n pairs
+  detect, and the pairs an effect needs.
 """
 
 from __future__ import annotations
@@ -119,3 +123,83 @@ def compare_arms(frame: pd.DataFrame, arm: str, baseline: str = "baseline") -> p
         result = paired_seed_test(part["value_arm"].to_numpy(), part["value_base"].to_numpy())
         rows.append({**dict(zip(keys, key)), "arm": arm, "baseline": baseline, **result})
     return pd.DataFrame(rows)
+
+
+def paired_mean_ci(diff: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """t-interval of the mean of paired differences: mean -/+ t_{(1+level)/2, n-1} sd / sqrt(n)
+    (sd with ddof=1); (nan, nan) below 2 values, (mean, mean) when they are all equal."""
+    diff = np.asarray(diff, float)
+    n = len(diff)
+    if n < 2:
+        return math.nan, math.nan
+    mean = float(diff.mean())
+    half = float(sps.t.ppf((1.0 + level) / 2.0, n - 1) * diff.std(ddof=1) / math.sqrt(n))
+    return mean - half, mean + half
+
+
+def paired_t_power(effect: float, sd: float, n, alpha: float = 0.05) -> np.ndarray:
+    """Power of the two-sided paired t-test at level alpha for a true mean difference `effect`,
+    differences of sd `sd`, n pairs (scalar or array of n >= 2): P(|T| > t_crit) with
+    T ~ noncentral t(n - 1, effect sqrt(n) / sd)."""
+    n = np.asarray(n, float)
+    df = n - 1.0
+    crit = sps.t.ppf(1.0 - alpha / 2.0, df)
+    nc = abs(effect) * np.sqrt(n) / sd
+    power = np.asarray(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc), float)
+    # scipy's noncentral t gives nan far in the tails (large nc, few df): integrate instead.
+    for i in zip(*np.nonzero(np.isnan(power))) if power.ndim else ([()] if np.isnan(power) else []):
+        power[i] = _power_by_quadrature(float(np.broadcast_to(df, power.shape)[i]),
+                                        float(np.broadcast_to(nc, power.shape)[i]),
+                                        float(np.broadcast_to(crit, power.shape)[i]))
+    return power
+
+
+def _power_by_quadrature(df: float, nc: float, crit: float) -> float:
+    """P(|T| > crit) for T = (Z + nc) / sqrt(V / df), Z ~ N(0,1), V ~ chi2(df):
+    the integral over z of phi(z) P(V < df (z + nc)^2 / crit^2)."""
+    from scipy.integrate import quad
+
+    value, _ = quad(lambda z: sps.norm.pdf(z) * sps.chi2.cdf(df * (z + nc) ** 2 / crit**2, df),
+                    -12.0, 12.0, points=[-nc] if abs(nc) < 12.0 else None)
+    return float(min(1.0, value))
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """Smallest |mean difference| the two-sided paired t-test on n pairs detects with `power`,
+    for paired differences of sd `sd` (nan below 2 pairs or without a finite sd; 0 for sd 0)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    upper = sd
+    while paired_t_power(upper, sd, n, alpha) < power:
+        upper *= 2.0
+    return float(brentq(lambda e: float(paired_t_power(e, sd, n, alpha)) - power, 0.0, upper,
+                        xtol=1e-10 * sd))
+
+
+def pairs_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8,
+                 max_pairs: int = 10000) -> int | None:
+    """Fewest pairs (>= 2) whose two-sided paired t-test detects `effect` with `power`, given
+    paired differences of sd `sd`; None when effect is 0 or nan, or more than max_pairs needed."""
+    if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0:
+        return None
+    if sd == 0:
+        return 2
+
+    def enough(n: int) -> bool:
+        return bool(paired_t_power(effect, sd, n, alpha) >= power)
+
+    # Power grows with n: double until enough, then bisect (a few dozen evaluations).
+    low, high = 1, 2
+    while not enough(high):
+        if high >= max_pairs:
+            return None
+        low, high = high, min(2 * high, max_pairs)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
