@@ -95,3 +95,20 @@ def test_snakemake_reports_misspelt_key(root, tmp_path):
     )
     assert run.returncode != 0
     assert "config key 'max_stpes' under 'train' is not a known setting" in run.stdout + run.stderr
+
+
+def test_schema_defaults_are_the_embedded_default(root):
+    """A key left out of a config means what config.yaml says (one source of defaults)."""
+    raw = default(root)
+    filled = config.validate({"datasets": copy.deepcopy(raw["datasets"])})
+    differ = []
+
+    def walk(a, b, path):
+        for key, value in a.items():
+            if isinstance(value, dict) and isinstance(b.get(key), dict):
+                walk(value, b[key], f"{path}{key}.")
+            elif value != b.get(key):
+                differ.append(f"{path}{key}: {value!r} vs schema {b.get(key)!r}")
+
+    walk({k: v for k, v in raw.items() if k != "datasets"}, filled, "")
+    assert differ == []

@@ -685,10 +685,11 @@ def test_killed_workflow_reruns_incomplete_jobs_to_identical_results(tmp_path):
     # changed training setting reruns training and everything downstream of it.
     again = subprocess.run([*_snakemake(straight), "-n"], capture_output=True, text=True)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    changed = {**WORKFLOW, "train": {**WORKFLOW["train"], "learning_rate": 0.001}}
+    changed = {**WORKFLOW, "train": {**WORKFLOW["train"], "learning_rate": 0.0005}}
     dry = subprocess.run(_snakemake(straight, "-n", config=changed), capture_output=True,
                          text=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = dry.stdout + dry.stderr
     assert "rule train:" in jobs and "Params have changed since last execution" in jobs
+    assert '"learning_rate": 0.0005' in jobs
     assert "rule sample:" in jobs and "cache_latents" not in jobs
