@@ -154,8 +154,9 @@ def test_pipeline_on_slurm(cluster, tmp_path):
     snakemake([*args, "--dry-run"], workdir, cluster, tmp_path / "dry-run.log")
     assert "Nothing to be done" in (tmp_path / "dry-run.log").read_text()
 
-    for prompts in samples:
-        assert list((workdir / prompts).parent.glob("*.png")), f"no images next to {prompts}"
+    for folder in samples:
+        assert (workdir / folder / "prompts.csv").exists(), folder
+        assert list((workdir / folder).glob("*.png")), f"no images in {folder}"
 
     jobs = sacct_jobs(workdir, cluster)
     ran = {job["rule"] for job in jobs}
