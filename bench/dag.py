@@ -20,7 +20,8 @@ TARGET_S = 5.0
 def dry_run(configfile: str) -> tuple[float, int]:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", configfile],
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", configfile,
+         "--replace-workflow-config"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     elapsed = time.perf_counter() - start
