@@ -29,7 +29,8 @@ import torch
 
 from fairdiffusion import io
 from fairdiffusion.data import synthetic
-from fairdiffusion.evaluate import extractor, features, images, quality, runtime
+from fairdiffusion import runtime
+from fairdiffusion.evaluate import extractor, features, images, quality
 
 ATTRIBUTES = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
               "ethnicity": ["Non-Hispanic", "Hispanic"]}

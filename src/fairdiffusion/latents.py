@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io, models
+from . import io, models, runtime
 from .data import manifest
 from .errors import FairDiffError
 
@@ -141,6 +141,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    models.set_threads(args.threads)
+    runtime.set_threads(args.threads)
     cache(args.base, args.manifest, args.split, args.dataset, args.random_flip, args.out,
           args.batch_size)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io
+from . import io, runtime
 from .data import manifest
 from .errors import FairDiffError
 
@@ -33,12 +33,6 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).parent / "configs"
 # The base stack is shared by every training seed, so its own seed is fixed.
 BASE_SEED = 0
-
-
-def set_threads(threads: int | None) -> None:
-    """Use the cores Snakemake gave the job, not all of the machine's."""
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def load(base: str, component: str):
@@ -274,7 +268,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    set_threads(args.threads)
+    runtime.set_threads(args.threads)
     if args.model.get("pretrained"):
         raise FairDiffError(f"model.pretrained is '{args.model['pretrained']}': the base stack is "
                             f"loaded from it, there is nothing to build")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io, models
+from . import io, models, runtime
 from .data import manifest
 from .errors import FairDiffError
 
@@ -167,6 +167,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    models.set_threads(args.threads)
+    runtime.set_threads(args.threads)
     sample(args.base, args.model, args.manifest, args.split, args.dataset, args.sample,
            args.seed, args.out)

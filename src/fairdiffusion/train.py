@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io, latents, models
+from . import io, latents, models, runtime
 from .errors import FairDiffError
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,7 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return io.sha256_file(path)[:16]
 
 
 # -- checkpoints: tensors in safetensors, plain values in JSON ----------------------------------
@@ -367,6 +363,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    models.set_threads(args.threads)
+    runtime.set_threads(args.threads)
     train(args.latents, args.base, args.dataset, args.train, args.method, args.fair_bayes,
           args.seed, args.out, args.checkpoints)

@@ -88,7 +88,7 @@ def http_file(url: str, out: Path, sha256_prefix: str = "", attempts: int = 3,
     out = Path(out)
     part = out.parent / f".{out.name}.part"
     fetch(url, part, attempts=attempts, wait=wait)
-    digest = sha256_file(part)
+    digest = io.sha256_file(part)
     if not digest.startswith(sha256_prefix.lower()):
         part.unlink()
         raise FairDiffError(f"{url}: sha256 {digest} does not start with {sha256_prefix}; "
@@ -111,11 +111,6 @@ def download(name: str, cfg: dict, out: Path, attempts: int = 3, wait: float = 5
                             attempts=attempts, wait=wait)
     raise FairDiffError(f"datasets.{name}: nothing to download for source '{source}' "
                         f"(set download.url or download.hf_repo, or path)")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def http_archive(url: str, sha256: str | None, out: Path, attempts: int = 3,
     staging = out.parent / f".{out.name}.download"
     part = staging / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".part")
     fetch(url, part, attempts=attempts, wait=wait)
-    digest = sha256_file(part)
+    digest = io.sha256_file(part)
     if sha256 and digest != sha256.lower():
         shutil.rmtree(staging, ignore_errors=True)
         raise FairDiffError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {digest}; "
@@ -299,6 +294,6 @@ def check_local(name: str, out: Path) -> dict:
                             CHEXPERT_HELP.format(name=name, out=out))
     files = sorted(p for p in out.iterdir() if p.is_file() and p.suffix in (".csv", ".xlsx")
                    and p.name != MARKER)
-    record = {"local": str(out), "sha256": {p.name: sha256_file(p) for p in files}}
+    record = {"local": str(out), "sha256": {p.name: io.sha256_file(p) for p in files}}
     io.write_json(out / MARKER, record)
     return record

@@ -16,7 +16,6 @@ Every metric row names its extractor with a short hash of the weights file, e.g.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from functools import lru_cache
@@ -26,10 +25,10 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from .. import io
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import cnn, images, runtime
+from . import cnn, images
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +119,7 @@ def read_config(folder: Path) -> dict:
 @lru_cache(maxsize=None)
 def short_hash(path: str) -> str:
     """First 8 hex digits of a file's sha256 (names the weights behind every metric)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:8]
+    return io.sha256_file(path)[:8]
 
 
 def open_extractor(name: str, settings: dict, domain_dir: str | Path | None, cuda: bool):

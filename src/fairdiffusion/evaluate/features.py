@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import extractor as extractor_mod
-from . import images, runtime
+from . import images
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .. import io
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import equity, images, runtime, stats, tidy
+from . import equity, images, stats, tidy
 
 log = logging.getLogger(__name__)
 

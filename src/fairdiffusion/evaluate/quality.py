@@ -25,10 +25,10 @@ import logging
 import numpy as np
 import torch
 
-from .. import io
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import equity, features, images, runtime, tidy
+from . import equity, features, images, tidy
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .. import io
+from .. import io, runtime
 from ..cli import json_arg
-from . import cnn, equity, images, runtime, stats, tidy
+from . import cnn, equity, images, stats, tidy
 
 log = logging.getLogger(__name__)
 

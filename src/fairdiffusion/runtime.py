@@ -1,4 +1,4 @@
-"""CPU thread limits for the evaluation stages."""
+"""CPU thread limits for every stage (torch and the BLAS/OpenMP pools)."""
 
 from __future__ import annotations
 
