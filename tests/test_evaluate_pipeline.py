@@ -96,6 +96,34 @@ def test_cached_metrics_equal_torch_fidelity_end_to_end(env):
         assert ours[metric][0] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), metric
 
 
+def test_bootstrap_fid_is_torch_fidelitys_fid_of_each_resample(env):
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+
+    g, _, _, layers = features.load(env["root"] / "gen.safetensors")
+    r, _, _, _ = features.load(env["root"] / "real.safetensors")
+    gen, real = g[layers["fid"]], r[layers["fid"]]
+    rng = np.random.default_rng(0)
+    gi, ri = rng.integers(0, len(gen), (3, len(gen))), rng.integers(0, len(real), (3, len(real)))
+    ident = np.arange(len(gen))[None], np.arange(len(real))[None]
+    batched = quality.fid_batch(gen, real, np.concatenate([ident[0], gi]),
+                                np.concatenate([ident[1], ri]))
+    for b, (a, c) in enumerate([(ident[0][0], ident[1][0]), *zip(gi, ri)]):
+        one = fid_statistics_to_metric(
+            fid_featuresdict_to_statistics({"f": gen[torch.from_numpy(a)]}, "f"),
+            fid_featuresdict_to_statistics({"f": real[torch.from_numpy(c)]}, "f"), verbose=False)
+        assert batched[b] == pytest.approx(one["frechet_inception_distance"], rel=1e-6), b
+    lower, upper = quality.fid_ci(gen, real, 200, seed=3)
+    assert (lower, upper) == quality.fid_ci(gen, real, 200, seed=3)   # seeded
+    assert lower < upper and lower < quality.compute(g, r, layers, 100, ("FID",))["FID"][0] * 2
+    context = {"dataset": "toy", "method": "m", "seed": 0, "extractor": "domain"}
+    rows_g, _ = rows_and_images(env, "gen")
+    rows_r, _ = rows_and_images(env, "real")
+    out = pd.DataFrame(quality.evaluate(g, rows_g, r, rows_r, ATTRIBUTES, layers, 100, 1.0,
+                                        context, n_boot=50))
+    fid = out[out.metric == "FID"]
+    assert (fid["lower"] < fid["upper"]).all() and out[out.metric == "KID"]["lower"].isna().all()
+
+
 def test_group_metrics_equal_metrics_of_the_group_alone(env, tmp_path):
     gen_rows, gen = rows_and_images(env, "gen")
     real_rows, real = rows_and_images(env, "real")

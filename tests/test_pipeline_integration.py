@@ -1,14 +1,19 @@
 """End to end through Snakemake on a tiny config, in a temporary working directory: every stage
-of rule all (data -> models -> latents -> 3 arms -> samples -> metrics -> tables, figures) and
-the HTML report."""
+of rule all (data -> models -> latents -> 3 arms -> samples -> metrics -> tables, figures), the
+HTML report, and the whole workflow killed and rerun with --rerun-incomplete."""
 
 import json
+import os
+import random
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +45,29 @@ FULL = {
 }
 
 
-@pytest.mark.slow
-def test_default_targets_and_report_on_a_tiny_config(tmp_path):
-    """`snakemake` (rule all: every stage, table and figure) and `snakemake --report`."""
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(FULL))
-    cmd = ["snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-           str(tmp_path / "config.yaml"), "-c2"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+def snakemake(workdir: Path, *extra, config: dict = FULL) -> list[str]:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return ["snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+            str(workdir / "config.yaml"), "-c2", *extra]
 
+
+def env() -> dict:
+    return {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """One uninterrupted `snakemake` (rule all) of FULL, shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("straight")
+    done = subprocess.run(snakemake(workdir), capture_output=True, text=True, env=env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_default_targets_and_report_on_a_tiny_config(straight):
+    """`snakemake` (rule all: every stage, table and figure) and `snakemake --report`."""
+    tmp_path, cmd = straight, snakemake(straight)
     results = tmp_path / "results"
     base = results / "models" / "synthfundus" / "base"
     assert json.loads((base / "model_index.json").read_text())["_class_name"] == \
@@ -71,12 +90,18 @@ def test_default_targets_and_report_on_a_tiny_config(tmp_path):
     for kind in ("quality", "groups", "semantic", "measured", "paired"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{kind}_synthfundus.{ext}").stat().st_size > 0
+        # Provenance of every table and metric file: the stage's arguments and the versions.
+        info = json.loads((tables / f"{kind}_synthfundus.run_info.json").read_text())
+        assert info["settings"]["kind"] == kind and info["versions"]["fairdiffusion"]
     quality = pd.read_csv(tables / "quality_synthfundus.csv")
     assert set(FULL["methods"]) <= set(quality.iloc[:, 0])
     for kind in ("groups", "es", "trajectory", "loss", "samples"):
         assert (tmp_path / "results" / "figures" / f"{kind}_synthfundus.png").stat().st_size > 0
     for folder in (tmp_path / "results" / "metrics" / "synthfundus").glob("*/seed0"):
-        assert (folder / "quality.csv").exists() and (folder / "measured.csv").exists()
+        for name in ("quality", "semantic", "measured"):
+            assert (folder / f"{name}.csv").exists()
+            info = json.loads((folder / f"{name}.run_info.json").read_text())
+            assert info["settings"]["evaluate"]["alpha"] == 1.0, (folder, name)
 
     report = subprocess.run([*cmd, "--report", str(tmp_path / "report.html")],
                             capture_output=True, text=True)
@@ -84,3 +109,75 @@ def test_default_targets_and_report_on_a_tiny_config(tmp_path):
     html = (tmp_path / "report.html").read_text(errors="replace")
     for caption in (ROOT / "workflow" / "report").glob("table_*.rst"):
         assert caption.stem.removeprefix("table_") in html
+
+
+def _weights(run: Path) -> dict:
+    return {f"{sub}/{k}": v for sub in ("unet", "unet_ema")
+            for k, v in load_file(run / sub / "diffusion_pytorch_model.safetensors").items()}
+
+
+def _csvs(results: Path) -> dict[str, pd.DataFrame]:
+    """Every metric and table CSV under results/, by relative path."""
+    return {str(p.relative_to(results)): pd.read_csv(p)
+            for sub in ("metrics", "tables") for p in sorted((results / sub).rglob("*.csv"))}
+
+
+@pytest.mark.slow
+def test_killed_workflow_reruns_incomplete_jobs_to_identical_tables(straight, tmp_path):
+    """SIGKILL to Snakemake and its running jobs (mid-training, mid-sampling or mid-evaluation,
+    chosen at random), then `--unlock` and `snakemake --rerun-incomplete`: every metric CSV and
+    table equals the uninterrupted run's, and so do the trained weights."""
+    phase = random.Random(os.environ.get("RELIABILITY_SEED")).choice(
+        ["train", "sample", "evaluate"])
+    run = "results/models/synthfundus/fairdiffusion/seed0"
+    samples = Path("results/samples/synthfundus/fairdiffusion/seed0")
+    marker = {"train": tmp_path / "results/checkpoints/synthfundus/fairdiffusion/seed0" /
+              "checkpoint-0000002" / "state.json",
+              "sample": tmp_path / samples / ".test.partial" / "000000.png",
+              "evaluate": tmp_path / "results/metrics/synthfundus/baseline/seed0/quality.csv"}[phase]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(snakemake(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+                                env=env(), start_new_session=True)
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)                  # Snakemake and the running jobs
+    proc.wait()
+    final = tmp_path / "results" / "tables" / "paired_synthfundus.csv"
+    assert not final.exists(), f"the workflow finished before the kill ({phase})"
+
+    # A killed Snakemake leaves its lock: the documented recovery is --unlock, then the same
+    # command with --rerun-incomplete.
+    unlock = subprocess.run(snakemake(tmp_path, "--unlock"), capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    done = subprocess.run(snakemake(tmp_path, "--rerun-incomplete"), capture_output=True,
+                          text=True, env=env())
+    assert done.returncode == 0, (phase, done.stderr[-3000:])
+
+    a, b = _weights(straight / run), _weights(tmp_path / run)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), phase
+    expected, got = _csvs(straight / "results"), _csvs(tmp_path / "results")
+    assert expected.keys() == got.keys()
+    assert any(k.startswith("tables/") for k in expected)
+    for name, frame in expected.items():
+        pd.testing.assert_frame_equal(frame, got[name], check_exact=True, obj=f"{phase}: {name}")
+    assert sorted(p.name for p in (tmp_path / "results").rglob("*")
+                  if p.name.endswith((".tmp", ".part"))) == []
+
+
+@pytest.mark.slow
+def test_changed_config_reruns_what_depends_on_it(straight):
+    """rerun-triggers include params: the same config has nothing to do; a changed training
+    setting reruns training and everything downstream of it, not the latent cache."""
+    again = subprocess.run([*snakemake(straight), "-n"], capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    changed = {**FULL, "train": {**FULL["train"], "learning_rate": 0.0005}}
+    dry = subprocess.run(snakemake(straight, "-n", config=changed), capture_output=True,
+                         text=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = dry.stdout + dry.stderr
+    assert "rule train:" in jobs and "Params have changed since last execution" in jobs
+    assert '"learning_rate": 0.0005' in jobs
+    assert "rule sample:" in jobs and "rule table_quality:" in jobs
+    assert "cache_latents" not in jobs
+    # Leave the shared run as it was for any later test.
+    (straight / "config.yaml").write_text(yaml.safe_dump(FULL))

@@ -1,5 +1,6 @@
 """The table builders: numbers in = numbers out, ± and best marks, the three file formats."""
 
+import json
 import re
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def test_formats(tmp_path):
     assert r"cup\_disc" in semantic.latex()
 
 
-def test_cli_writes_three_files_and_rejects_bad_input(tmp_path):
+def test_cli_writes_three_files_with_provenance_and_rejects_bad_input(tmp_path):
     metrics_csv = write(tmp_path / "q.csv", quality_frame().to_dict("records"))
     out = tmp_path / "tables" / "quality_synthfundus"
     cmd = [sys.executable, "-m", "fairdiffusion.cli", "table", "quality", "--metrics",
@@ -172,7 +173,10 @@ def test_cli_writes_three_files_and_rejects_bad_input(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        "quality_synthfundus.csv", "quality_synthfundus.md", "quality_synthfundus.tex"]
+        "quality_synthfundus.csv", "quality_synthfundus.md", "quality_synthfundus.run_info.json",
+        "quality_synthfundus.tex"]
+    info = json.loads((out.parent / "quality_synthfundus.run_info.json").read_text())
+    assert info["settings"]["metrics"] == [str(metrics_csv)] and info["versions"]["pandas"]
 
     bad = tmp_path / "bad.csv"
     quality_frame().drop(columns="extractor").to_csv(bad, index=False)

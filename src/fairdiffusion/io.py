@@ -114,3 +114,13 @@ def run_info(settings: dict) -> dict:
         "platform": platform.platform(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }
+
+
+def write_run_info_beside(output: str | os.PathLike, args) -> Path:
+    """Provenance of a file output (a folder output holds its own run_info.json): the stage's
+    resolved arguments and the package versions, as `<name>.run_info.json` beside it."""
+    output = Path(output)
+    path = output.with_name(output.name.split(".")[0] + ".run_info.json")
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("stage", "verbose")}
+    write_json(path, run_info(settings))
+    return path

@@ -93,3 +93,4 @@ def run(args: argparse.Namespace) -> None:
         per_image[f"{label}:intended"] = rows[label].to_numpy()
     io.write_csv(args.per_image, per_image)
     io.write_csv(args.out, tidy.frame(out))
+    io.write_run_info_beside(args.out, args)

@@ -14,7 +14,11 @@ Rules:
 - KID's subset size is evaluate.kid_subset_size capped at half the smaller of the two sets
   compared (per comparison, so a group's value equals KID computed on that group alone);
 - ES-FID, ES-KID, ES-IS per attribute (equity.equity_scaled, alpha = evaluate.alpha) over the
-  groups evaluated; `<metric>-gap` per attribute = max - min group value, for every metric.
+  groups evaluated; `<metric>-gap` per attribute = max - min group value, for every metric;
+- FID rows carry a percentile bootstrap 95% CI (lower/upper) over evaluate.bootstrap resamples
+  of the generated and the real images of the comparison; KID and IS carry the std of their
+  estimator over subsets/splits instead (a bootstrap of KID would repeat its 100 subsets per
+  resample).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
-from . import equity, features, images, tidy
+from . import equity, features, images, stats, tidy
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +79,49 @@ def compute(generated: dict, real: dict, layers: dict, kid_subset_size: int,
     return out
 
 
+def fid_batch(generated: torch.Tensor, real: torch.Tensor, gen_index: np.ndarray,
+              real_index: np.ndarray) -> np.ndarray:
+    """FID of many resamples at once: row b compares generated[gen_index[b]] with
+    real[real_index[b]] (the closed form torch-fidelity evaluates with scipy's sqrtm, as
+    |mu1 - mu2|^2 + tr S1 + tr S2 - 2 sum sqrt eig(S1^1/2 S2 S1^1/2), batched in float64)."""
+
+    def moments(x: torch.Tensor, index: np.ndarray):
+        xs = x.double()[torch.from_numpy(index)]
+        mu = xs.mean(dim=1)
+        centred = xs - mu[:, None]
+        return mu, centred.transpose(1, 2) @ centred / (xs.shape[1] - 1)
+
+    mu1, s1 = moments(generated, gen_index)
+    mu2, s2 = moments(real, real_index)
+    w, v = torch.linalg.eigh(s1)
+    root = v @ torch.diag_embed(w.clamp(min=0).sqrt()) @ v.transpose(1, 2)
+    cross = torch.linalg.eigvalsh(root @ s2 @ root).clamp(min=0).sqrt().sum(dim=1)
+    trace = torch.diagonal(s1, dim1=1, dim2=2).sum(1) + torch.diagonal(s2, dim1=1, dim2=2).sum(1)
+    return ((mu1 - mu2).pow(2).sum(1) + trace - 2 * cross).numpy()
+
+
+def fid_ci(generated: torch.Tensor, real: torch.Tensor, n_boot: int, seed: int,
+           chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of FID (generated and real images resampled independently)."""
+    if n_boot <= 0:
+        return np.nan, np.nan
+    gen_index = stats.bootstrap_indices(len(generated), n_boot, seed)
+    real_index = stats.bootstrap_indices(len(real), n_boot, seed + 1)
+    values = np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
+                                       real_index[i:i + chunk]) for i in range(0, n_boot, chunk)])
+    return stats.percentile_ci(values)
+
+
 def subset(feats: dict, mask: np.ndarray) -> dict:
     index = torch.from_numpy(np.flatnonzero(mask))
     return {k: v[index] for k, v in feats.items()}
 
 
 def evaluate(generated: dict, gen_rows, real: dict, real_rows, attributes: dict, layers: dict,
-             kid_subset_size: int, alpha: float, context: dict) -> list[dict]:
-    """Tidy rows: every metric overall and per group, then ES-metrics and gaps per attribute."""
+             kid_subset_size: int, alpha: float, context: dict, n_boot: int = 0,
+             seed: int = 0) -> list[dict]:
+    """Tidy rows: every metric overall and per group (FID with an `n_boot` bootstrap CI), then
+    ES-metrics and gaps per attribute."""
     rows, per_attribute = [], {}
     real_groups = {(a, g): m for a, g, m in images.groups(real_rows, attributes)}
     for attribute, group, gen_mask in images.groups(gen_rows, attributes):
@@ -92,9 +131,13 @@ def evaluate(generated: dict, gen_rows, real: dict, real_rows, attributes: dict,
             log.warning("skipping %s=%s: %d generated / %d real images (< %d)",
                         attribute, group, n_gen, n_real, MIN_IMAGES)
             continue
-        values = compute(subset(generated, gen_mask), subset(real, real_mask), layers, kid_subset_size)
+        gen_set, real_set = subset(generated, gen_mask), subset(real, real_mask)
+        values = compute(gen_set, real_set, layers, kid_subset_size)
+        lower, upper = fid_ci(gen_set[layers["fid"]], real_set[layers["fid"]], n_boot, seed)
         for metric, (value, std) in values.items():
-            rows.append(tidy.row(context, metric, value, attribute, group, std=std, n=n_gen))
+            ci = (lower, upper) if metric == "FID" else (np.nan, np.nan)
+            rows.append(tidy.row(context, metric, value, attribute, group, std=std, lower=ci[0],
+                                 upper=ci[1], n=n_gen))
             if attribute != "all":
                 per_attribute.setdefault((attribute, metric), []).append(value)
     overall = {r["metric"]: r["value"] for r in rows if r["attribute"] == "all"}
@@ -148,5 +191,7 @@ def run(args: argparse.Namespace) -> None:
         raise FairDiffError(f"{args.generated}: extractor {tag} differs from {args.real}'s {real_tag}")
     context = {"dataset": args.name, "method": args.method, "seed": args.seed, "extractor": tag}
     rows = evaluate(generated, gen_rows, real, real_rows, attributes, layers,
-                    args.evaluate["kid_subset_size"], args.evaluate["alpha"], context)
+                    args.evaluate["kid_subset_size"], args.evaluate["alpha"], context,
+                    args.evaluate["bootstrap"], args.seed)
     io.write_csv(args.out, tidy.frame(rows))
+    io.write_run_info_beside(args.out, args)

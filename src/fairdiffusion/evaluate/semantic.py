@@ -156,3 +156,4 @@ def run(args: argparse.Namespace) -> None:
             predictions[f"{label}:{c}"] = probs[label][:, i]
     io.write_csv(args.predictions, predictions)
     io.write_csv(args.out, tidy.frame(rows))
+    io.write_run_info_beside(args.out, args)

@@ -53,6 +53,11 @@ def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0,
     return _percentiles(x[bootstrap_indices(len(x), n_boot, seed)].mean(axis=1), level)
 
 
+def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (non-finite ones dropped)."""
+    return _percentiles(np.asarray(values, dtype=float), level)
+
+
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if len(values) == 0:

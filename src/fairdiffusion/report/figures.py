@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from ..cli import json_arg  # noqa: E402
 from ..errors import FairDiffError  # noqa: E402
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_path, write_run_info_beside  # noqa: E402
 from . import metrics as M  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -275,3 +275,4 @@ def run(args: argparse.Namespace) -> None:
                       args.per_group)
     for path in save(fig, args.out, args.formats):
         log.info("wrote %s", path)
+    write_run_info_beside(args.out, args)

@@ -23,6 +23,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from .. import io
 from ..errors import FairDiffError
 from ..evaluate import stats
 from . import metrics as M
@@ -239,3 +240,4 @@ def run(args: argparse.Namespace) -> None:
     table = paired(frame, args.baseline) if args.kind == "paired" else BUILDERS[args.kind](frame)
     for path in table.write(args.out):
         log.info("wrote %s", path)
+    io.write_run_info_beside(args.out, args)
