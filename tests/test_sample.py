@@ -1,36 +1,24 @@
 """Sampling: per-image seeds, schedulers, prompts.csv, train-prompt selection, resume."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
-from fairdiffusion import latents, models, sample, train
-from fairdiffusion.config import validate
+from fairdiffusion import sample, train
 from fairdiffusion.data import manifest
-from fairdiffusion.data.prepare import prepare
 from fairdiffusion.errors import FairDiffError
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import tiny_stack
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny dataset, base stack and a UNet trained for two steps (with EMA)."""
     root = tmp_path_factory.mktemp("sample")
-    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    ds = cfg["datasets"]["synthfundus"]
-    ds["synthetic"].update(n_train=16, n_val=4, n_test=6)
-    prepare("synthfundus", ds, root / "data")
-    cfg["model"]["vae"].update(steps=2, batch_size=8)
-    manifest_path = root / "data" / "manifest.csv"
-    models.build_base("synthfundus", ds, cfg["model"], manifest_path, root / "base")
-    cache = root / "train.safetensors"
-    latents.cache(str(root / "base"), manifest_path, "train", ds, False, cache)
+    stack = tiny_stack(root, n_train=16, random_flip=False)
+    cfg, ds, manifest_path, cache = stack.cfg, stack.ds, stack.manifest, stack.cache
     settings = {**cfg["train"], "max_steps": 2, "batch_size": 4}
     train.train(cache, str(root / "base"), ds, settings, "baseline", cfg["fair_bayes"], 0,
                 root / "model", root / "checkpoints")

@@ -6,37 +6,25 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from fairdiffusion import latents, models, train
-from fairdiffusion.config import validate
+from fairdiffusion import latents, train
 from fairdiffusion.data import manifest
-from fairdiffusion.data.prepare import prepare
 from fairdiffusion.errors import FairDiffError
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import tiny_stack
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny SynthFundus dataset, a base stack (VAE barely trained) and its train-split cache."""
     root = tmp_path_factory.mktemp("train")
-    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    ds = cfg["datasets"]["synthfundus"]
-    ds["synthetic"].update(n_train=24, n_val=6, n_test=6)
-    prepare("synthfundus", ds, root / "data")
-    cfg["model"]["vae"].update(steps=2, batch_size=8)
-    models.build_base("synthfundus", ds, cfg["model"], root / "data" / "manifest.csv",
-                      root / "base")
-    cache = root / "latents" / "train" / "latents.safetensors"
-    latents.cache(str(root / "base"), root / "data" / "manifest.csv", "train", ds, True, cache)
+    stack = tiny_stack(root, n_train=24, random_flip=True)
+    cfg, ds, cache = stack.cfg, stack.ds, stack.cache
     settings = {**cfg["train"], "max_steps": 4, "batch_size": 4, "checkpoint_every": 2,
                 "log_every": 1, "lr_warmup_steps": 2}
     return SimpleNamespace(root=root, ds=ds, cache=cache, base=str(root / "base"),

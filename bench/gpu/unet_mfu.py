@@ -134,8 +134,9 @@ def make_step(setup: Setup, variant: Variant, batch: int):
     latents = torch.randn(shape, generator=gen, device=device)
     text = torch.randn(batch, length, setup.text_config.hidden_size, generator=gen, device=device)
 
-    encode = None
-    if variant.on_the_fly:
+    if not variant.on_the_fly:
+        encode = None
+    else:
         # frozen encoders in the training precision, as the authors' diffusers script casts them
         with device:
             vae = AutoencoderKL.from_config(setup.vae_config).to(torch.bfloat16).eval()

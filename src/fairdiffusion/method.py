@@ -189,7 +189,6 @@ def bo_propose(X: torch.Tensor, Y: torch.Tensor, settings: dict, seed: int) -> P
     """
     X = X.to(torch.float64)
     Y = Y.to(torch.float64).reshape(-1, 1)
-    d = X.shape[1]
     if len(X) < 2 or torch.unique(X, dim=0).shape[0] < 2:
         return Proposal(None, math.nan, "skipped: fewer than 2 distinct sigma points")
     if bool(Y.max() == Y.min()):

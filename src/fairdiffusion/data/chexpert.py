@@ -177,14 +177,6 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
     if frame["id"].duplicated().any():
         raise FairDiffError(f"{root}: duplicate image ids, e.g. "
                             f"{frame['id'][frame['id'].duplicated()].iloc[0]}")
-    frame = images.drop_unknown(frame, cfg["attributes"], "attribute")
-    frame = images.drop_unknown(frame, cfg["labels"], "label")
-    # split the patients that remain, so the fractions describe the data actually used
-    split_of = images.patient_split(frame["patient"], opts.get("split_fractions") or FRACTIONS,
-                                    int(opts.get("split_seed", 0)),
-                                    f"datasets.{name}.options.split_fractions")
-    frame.insert(1, "split", frame["patient"].map(split_of))
-    loaders = {i: (str(p), lambda p=p: images.open_image(p))
-               for i, p in zip(frame["id"], frame["path"])}
-    return images.write_rows(frame.drop(columns="path"), loaders, out_dir, cfg["resolution"],
-                             opts.get("workers"), desc=f"{name} images")
+    path_of = dict(zip(frame["id"], frame["path"]))
+    return images.split_patients_and_write(frame.drop(columns="path"), path_of, cfg, opts, name,
+                                           FRACTIONS, out_dir)

@@ -111,13 +111,4 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
                             f"(expected HAM10000_images_part_{{1,2}}/ISIC_*.jpg)")
 
     frame = pd.DataFrame(rows)
-    frame = images.drop_unknown(frame, cfg["attributes"], "attribute")
-    frame = images.drop_unknown(frame, cfg["labels"], "label")
-    # split the lesions that remain, so the fractions describe the data actually used
-    split_of = images.patient_split(frame["patient"], opts.get("split_fractions") or FRACTIONS,
-                                    int(opts.get("split_seed", 0)),
-                                    f"datasets.{name}.options.split_fractions")
-    frame.insert(1, "split", frame["patient"].map(split_of))
-    loaders = {i: (str(files[i]), lambda p=files[i]: images.open_image(p)) for i in frame["id"]}
-    return images.write_rows(frame, loaders, out_dir, cfg["resolution"], opts.get("workers"),
-                             desc=f"{name} images")
+    return images.split_patients_and_write(frame, files, cfg, opts, name, FRACTIONS, out_dir)

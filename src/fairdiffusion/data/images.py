@@ -168,3 +168,20 @@ def write_rows(frame, loaders: dict, out_dir: Path, resolution: int, workers: in
     frame["image"] = rels
     first = ["id", "split", "image", "prompt"]
     return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def split_patients_and_write(frame, path_of: dict, cfg: dict, opts: dict, name: str,
+                             fractions: dict, out_dir: Path):
+    """The shared tail of the adapters that split by patient: drop rows whose attribute or
+    label value is not declared, split the patients that remain (so the fractions describe the
+    data actually used; `datasets.<name>.options.split_fractions/split_seed` override), write
+    every row's PNG from `path_of[id]`."""
+    frame = drop_unknown(frame, cfg["attributes"], "attribute")
+    frame = drop_unknown(frame, cfg["labels"], "label")
+    split_of = patient_split(frame["patient"], opts.get("split_fractions") or fractions,
+                             int(opts.get("split_seed", 0)),
+                             f"datasets.{name}.options.split_fractions")
+    frame.insert(1, "split", frame["patient"].map(split_of))
+    loaders = {i: (str(path_of[i]), lambda p=path_of[i]: open_image(p)) for i in frame["id"]}
+    return write_rows(frame, loaders, out_dir, cfg["resolution"], opts.get("workers"),
+                      desc=f"{name} images")
