@@ -119,12 +119,13 @@ def test_torchvision_backbone_from_local_weights(tmp_path):
 
     settings = {"backbone": "resnet18", "backbone_weights": str(tmp_path / "missing.safetensors")}
     with pytest.raises(FairDiffError, match="evaluate.classifier.backbone_weights.*missing.safetensors"):
-        cnn.build({"glaucoma": 2}, settings)
+        cnn.build({"glaucoma": 2}, settings, seed=0)
     torch.manual_seed(1)
     source = torchvision.models.resnet18()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "r18.safetensors")
     model = cnn.build({"glaucoma": 2, "vision_loss": 4},
-                      {"backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.safetensors")})
+                      {"backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.safetensors")},
+                      seed=0)
     assert torch.equal(model.body.conv1.weight, source.conv1.weight)
     features, logits = model.eval()(torch.zeros(2, 3, 32, 32))
     assert features.shape == (2, 512) and logits["vision_loss"].shape == (2, 4)

@@ -64,6 +64,33 @@ def rows_and_images(env, which):
     return rows, images.load_images(rows)
 
 
+def test_extractor_and_classifier_are_identical_in_a_new_process(env, tmp_path):
+    """torch seeds every process at random: the initial weights must come from the job's seed,
+    or a rerun of the same job (a resumed workflow) gives another extractor and other tables."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "fairdiffusion.cli"]
+    again = subprocess.run([*cli, "extractor", "--manifest", str(env["manifest"]), "--dataset",
+                            env["ds"], "--evaluate", env["ev"], "--threads", "1", "--out",
+                            str(tmp_path / "ext")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ((tmp_path / "ext" / "model.safetensors").read_bytes()
+            == (env["root"] / "ext" / "model.safetensors").read_bytes())
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "semantic.csv"
+        done = subprocess.run([*cli, "semantic", "--train", str(env["samples"]), "--manifest",
+                               str(env["manifest"]), "--dataset", env["ds"], "--evaluate",
+                               env["ev"], "--name", "toy", "--method", "m", "--seed", "0",
+                               "--threads", "1", "--predictions",
+                               str(tmp_path / run / "predictions.csv"), "--out", str(out)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def test_extractor_folder_records_standardisation_and_is_head(env):
     config = json.loads((env["root"] / "ext" / "config.json").read_text())
     assert config["is_label"] == "vision_loss"  # the label with the most classes

@@ -105,8 +105,11 @@ def load_state(path: str, key: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def build(heads: dict[str, int], settings: dict) -> nn.Module:
-    """The classifier named by evaluate.classifier (`backbone`: small | a torchvision model)."""
+def build(heads: dict[str, int], settings: dict, seed: int) -> nn.Module:
+    """The classifier named by evaluate.classifier (`backbone`: small | a torchvision model),
+    initialised from `seed` (torch seeds each process at random: unseeded initial weights would
+    differ between two runs of the same job)."""
+    torch.manual_seed(seed)
     backbone = settings.get("backbone", "small")
     if backbone == "small":
         return SmallCNN(heads)

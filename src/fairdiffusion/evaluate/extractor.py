@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> None:
     train_images = images.load_images(train_rows)
     log.info("training the domain extractor on %d real training images (labels %s; IS head %s)",
              len(train_rows), list(labels), head)
+    torch.manual_seed(args.seed)  # initial weights (torch seeds each process at random)
     net = DomainNet({k: len(v) for k, v in labels.items()})
     cnn.train(net, train_images, cnn.encode_targets(train_rows, labels), settings, size, args.seed)
     features, _ = cnn.predict(net, train_images, size)

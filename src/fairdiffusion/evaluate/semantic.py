@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
     train_rows = images.read_table(args.train, args.train_split, attributes, labels)
     test_rows = images.read_table(args.manifest, "test", attributes, labels)
     log.info("training the classifier on %d images of %s", len(train_rows), train_rows.attrs["source"])
-    model = cnn.build({k: len(v) for k, v in labels.items()}, settings)
+    model = cnn.build({k: len(v) for k, v in labels.items()}, settings, args.seed)
     cnn.train(model, images.load_images(train_rows), cnn.encode_targets(train_rows, labels),
               settings, size, args.seed)
     _, probs = cnn.predict(model, images.load_images(test_rows), size)
