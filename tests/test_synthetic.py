@@ -100,9 +100,18 @@ def test_measure_recovers_every_label_in_every_race_group(resolution, difficulty
     meta, images = synthetic.generate(300, resolution, seed=11, difficulty=difficulty,
                                       proportions=BALANCED)
     measured = synthetic.measure(images)
-    assert list(measured.columns) == list(synthetic.LABELS)
+    assert list(measured.columns) == [*synthetic.LABELS, "race"]
     for label, acc in accuracy_by_race(meta, measured).items():
         assert min(acc.values()) >= 0.95, (label, acc)
+
+
+@pytest.mark.parametrize("difficulty, floor", [(0.0, 0.9), (1.5, 0.7)])
+def test_rendered_race_is_read_from_the_pigment(difficulty, floor):
+    meta, images = synthetic.generate(900, 32, seed=4, difficulty=difficulty)
+    race = synthetic.measure(images)["race"].to_numpy()
+    for group in synthetic.ATTRIBUTES["race"]:
+        mask = meta["race"].to_numpy() == group
+        assert (race[mask] == group).mean() >= floor, group
 
 
 @pytest.mark.parametrize("resolution", [32, 64])

@@ -3,7 +3,10 @@
 `fairdiffusion.data.synthetic.measure` reads every clinical label back from an image; the
 accuracy of label L is the share of images whose measured L equals the L of the image's
 prompt (generated images) or of its manifest row (real test images: the ceiling reference).
-Task `all` is the share of images with every label right. Rows: accuracy per task, overall
+Task `all` is the share of images with every label right. Task `race` (when the dataset declares
+SynthFundus' three race groups) is a diagnostic, not a label: the share of images whose pigment
+shows the race of the prompt (`synthetic.rendered_race`); a generator that draws every fundus in
+the majority's colours is visible there, whatever its label accuracy. Rows: accuracy per task, overall
 and per group of every attribute (n = images of the group), with a seeded bootstrap 95% CI
 over the images, plus `accuracy-gap` (max - min group accuracy) and ES-accuracy
 (equity.equity_scaled, higher is better) per attribute. A group with no image is skipped with
@@ -74,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     runtime.set_threads(args.threads)
-    from ..data.synthetic import measure
+    from ..data.synthetic import ATTRIBUTES, measure
 
     if args.dataset.get("source") != "synthetic":
         raise FairDiffError(f"--dataset: measured-label accuracy needs source 'synthetic' (labels "
@@ -84,11 +87,15 @@ def run(args: argparse.Namespace) -> None:
     log.info("measuring %d images of %s", len(rows), rows.attrs["source"])
     measured = measure(images.load_images(rows))
     right = correctness(rows, measured, labels)
+    rendered = set(attributes.get("race", [])) == set(ATTRIBUTES["race"])
+    if rendered:
+        # A diagnostic beside the labels (not part of `all`): does the image show its group?
+        right["race"] = (measured["race"].to_numpy() == rows["race"].to_numpy()).astype(float)
     context = {"dataset": args.name, "method": args.method, "seed": args.seed, "extractor": "measure"}
     out = evaluate(rows, right, attributes, args.evaluate["alpha"], args.evaluate["bootstrap"],
                    args.seed, context)
     per_image = pd.DataFrame({"id": rows["id"]})
-    for label in labels:
+    for label in [*labels, "race"] if rendered else labels:
         per_image[f"{label}:measured"] = measured[label].to_numpy()
         per_image[f"{label}:intended"] = rows[label].to_numpy()
     io.write_csv(args.per_image, per_image)
