@@ -284,13 +284,15 @@ def test_minority_improvement_is_named_as_the_reason(tmp_path):
     assert "overall accuracy rose" in conclusion
 
 
-def test_failed_preconditions_open_with_a_caution(tmp_path):
+def test_failed_preconditions_open_with_a_caution(tmp_path, monkeypatch):
+    monkeypatch.setitem(BASE, "Black", 0.9)   # a minority above its calibration band
     argv, _, _ = make_runs(tmp_path, {"random": {"jitter": 0.03}}, seeds=range(3),
                            ceiling_black=0.8)
     assert cli.main(argv) == 0
     conclusion = (tmp_path / "out" / "study.md").read_text().split("## Conclusion")[1]
     assert conclusion.strip().startswith("Caution")
     assert "VAE ceiling" in conclusion and "paired seeds: 3 seeds" in conclusion
+    assert "baseline calibration: baseline cup_disc accuracy" in conclusion
 
 
 def test_stale_per_image_file_is_refused_without_output(tmp_path, capsys):

@@ -392,8 +392,8 @@ def preconditions(runs: pd.DataFrame, ceiling: pd.DataFrame | None, majority: st
             if group not in base.index:
                 continue
             low, high = settings["majority_band" if group == majority else "minority_band"]
-            inside = low <= base[group] <= high
-            ok &= inside
+            inside = bool(low <= base[group] <= high)   # not numpy's bool: `ok is False` below
+            ok = ok and inside
             parts.append(f"{group} {number(base[group], 3)} (target {low}-{high})")
         checks.append({"check": "baseline calibration", "ok": ok,
                        "detail": f"baseline {task} accuracy: " + ", ".join(parts)})
