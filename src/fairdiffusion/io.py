@@ -121,6 +121,10 @@ def write_run_info_beside(output: str | os.PathLike, args) -> Path:
     resolved arguments and the package versions, as `<name>.run_info.json` beside it."""
     output = Path(output)
     path = output.with_name(output.name.split(".")[0] + ".run_info.json")
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("stage", "verbose")}
-    write_json(path, run_info(settings))
+    write_json(path, run_info(stage_settings(args)))
     return path
+
+
+def stage_settings(args) -> dict:
+    """A CLI stage's parsed arguments, as run_info settings."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in ("stage", "verbose")}

@@ -583,7 +583,7 @@ def classify(feats: pd.DataFrame) -> pd.DataFrame:
 def rendered_race(feats: pd.DataFrame) -> np.ndarray:
     """The race whose pigment an image shows: its fitted background level (`features`) is
     nearest, in log, to BACKGROUND_GAIN x the grey of one (race, ethnicity) pigment. A
-    diagnostic of whether a generator renders the group at all (real images: 0.75-0.95 right at
+    diagnostic of whether a generator renders the group at all (real test images: 0.75-0.97 right at
     difficulty 1.5, lower where pigments overlap)."""
     greys = PIGMENT @ GREY
     levels = np.log(BACKGROUND_GAIN * np.concatenate([greys, HISPANIC_PIGMENT * greys]))

@@ -899,6 +899,5 @@ def run(args: argparse.Namespace) -> None:
     section = page(*common, local, args.command, seconds_series, root=f"{out.as_posix()}/")
     io.write_text(out / "readme.md", section.replace(f"# Validity study: {args.name}",
                                                      "## Results", 1).replace("\n## ", "\n### "))
-    io.write_json(out / "run_info.json", io.run_info(
-        {k: v for k, v in sorted(vars(args).items()) if k not in ("stage", "verbose")}))
+    io.write_json(out / "run_info.json", io.run_info(io.stage_settings(args)))
     log.info("conclusion: %s", conclusion)
