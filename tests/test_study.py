@@ -258,7 +258,7 @@ def test_conclusion_follows_the_intervals(majority_worse):
     assert f"±{mde:.3f}" in rnd
     assert "Caution" not in conclusion  # every precondition holds in this fixture
     # The BO objective of the fixture is pure noise: its snr is reported.
-    assert "The objective fairdiffusion's GP is fitted to (y)" in conclusion
+    assert "The objective that fairdiffusion's GP is fitted to (y)" in conclusion
     readme = (out / "readme.md").read_text()
     assert readme.startswith("## Results") and conclusion.strip() in readme
     assert f"]({out.as_posix()}/effects.png)" in readme

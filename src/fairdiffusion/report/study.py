@@ -529,7 +529,7 @@ def conclude(res: pd.DataFrame, runs: pd.DataFrame, checks: list[dict], settings
         mean, within, snr, pv = (part[c] for c in needed)
         significant = int((pv < alpha).sum())
         parts.append(
-            f"The objective {arm}'s GP is fitted to ({objective}) has a within-window sd of "
+            f"The objective that {arm}'s GP is fitted to ({objective}) has a within-window sd of "
             f"{within.mean():.3f} against a mean of {mean.mean():.3f}; its {window}-step window "
             f"means vary {snr.mean():.2f} times as much as that noise alone makes them vary "
             f"(permutation p < {alpha:g} in {significant} of {len(pv)} seeds).")
