@@ -7,8 +7,8 @@ Task `all` is the share of images with every label right. Task `race` (when the 
 declares SynthFundus' three race groups) is a diagnostic, not a label: the share of images whose
 pigment shows the race of the prompt (`synthetic.rendered_race`); a generator that draws every
 fundus in the majority's colours is visible there, whatever its label accuracy. Rows: accuracy
-per task, overall and per group of every attribute (n = images of the group), with a seeded bootstrap 95% CI
-over the images, plus `accuracy-gap` (max - min group accuracy) and ES-accuracy
+per task, overall and per group of every attribute (n = images of the group), with a seeded
+bootstrap 95% CI over the images, plus `accuracy-gap` (max - min group accuracy) and ES-accuracy
 (equity.equity_scaled, higher is better) per attribute. A group with no image is skipped with
 a warning. Per-image measured labels go to --per-image (for paired image-bootstrap tests).
 """
