@@ -11,6 +11,8 @@ rule cache_latents:
         "logs/cache_latents/{dataset}/{split}.log",
     benchmark:
         "benchmarks/cache_latents/{dataset}/{split}.tsv"
+    # On the critical path (base -> latents -> training): scheduled before jobs that can wait.
+    priority: 10
     conda:
         "../../envs/train.yaml"
     threads: 2

@@ -11,6 +11,8 @@ rule base_model:
         "logs/base_model/{dataset}.log",
     benchmark:
         "benchmarks/base_model/{dataset}.tsv"
+    # On the critical path (base -> latents -> training): scheduled before jobs that can wait.
+    priority: 10
     conda:
         "../../envs/train.yaml"
     threads: 2

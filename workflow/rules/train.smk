@@ -16,6 +16,8 @@ rule train:
         "logs/train/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/train/{dataset}/{method}/seed{seed}.tsv"
+    # On the critical path (base -> latents -> training): scheduled before jobs that can wait.
+    priority: 10
     conda:
         "../../envs/train.yaml"
     # One thread per run: on a small CPU machine the arms then train side by side.
