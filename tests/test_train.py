@@ -74,24 +74,6 @@ def test_batch_order_is_a_pure_function_of_the_batch_index():
     assert torch.equal(fresh(4), batches[4])        # no hidden state: resume lands on the same rows
 
 
-def test_lr_schedules_warm_up_then_hold_or_decay_to_zero():
-    constant = [train.lr_factor(i, 4, 20, "constant") for i in range(20)]
-    cosine = [train.lr_factor(i, 4, 20, "cosine") for i in range(21)]
-    assert constant[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) == cosine[:4]
-    assert constant[4:] == [1.0] * 16
-    assert cosine[4] == 1.0 and cosine[12] == pytest.approx(0.5) and cosine[20] == 0.0
-    assert all(a > b for a, b in zip(cosine[4:], cosine[5:]))
-    assert train.lr_factor(0, 0, 10, "cosine") == 1.0        # no warm-up: decay from step 0
-
-
-def test_decaying_schedule_makes_max_steps_part_of_the_run(run):
-    _train(run, "extend_constant", max_steps=2)
-    _train(run, "extend_constant", max_steps=3)                 # a constant LR run extends
-    _train(run, "extend_cosine", max_steps=2, lr_scheduler="cosine")
-    with pytest.raises(FairDiffError, match=r"different training settings \(train.max_steps\)"):
-        _train(run, "extend_cosine", max_steps=3, lr_scheduler="cosine")
-
-
 def test_arms_share_data_noise_and_timesteps_for_a_seed(run):
     base = _train(run, "pair_baseline", "baseline", max_steps=2)
     rand = _train(run, "pair_random", "random", max_steps=2)

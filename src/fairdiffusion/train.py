@@ -54,25 +54,6 @@ def generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def unhashed(settings: dict) -> tuple[str, ...]:
-    """UNHASHED, less max_steps when the learning rate decays over it: extending such a run
-    would not continue the same schedule."""
-    if settings["lr_scheduler"] == "constant":
-        return UNHASHED
-    return tuple(k for k in UNHASHED if k != "max_steps")
-
-
-def lr_factor(i: int, warmup: int, total: int, kind: str) -> float:
-    """Learning-rate multiplier of optimiser step i (0-based): linear warm-up over `warmup`
-    steps (the first step already gets 1 / warmup), then constant, or a cosine decay that
-    reaches 0 after `total` steps."""
-    warm = min(1.0, (i + 1) / max(1, warmup))
-    if kind == "constant" or i < warmup:
-        return warm
-    progress = min(1.0, (i - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class BatchOrder:
     """Row indices of global batch q: positions [qB, (q+1)B) of the concatenation of per-epoch
     permutations, each permutation seeded by (seed, epoch). A pure function of q."""
@@ -195,7 +176,7 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     accum, batch_size = settings["gradient_accumulation_steps"], settings["batch_size"]
 
     run_settings = {
-        "train": {k: v for k, v in settings.items() if k not in unhashed(settings)},
+        "train": {k: v for k, v in settings.items() if k not in UNHASHED},
         "method": method, "fair_bayes": fair_bayes, "seed": seed, "base": base,
         "latents": file_hash(latents_path), "num_processes": world,
         "attributes": dataset["attributes"],
@@ -213,8 +194,10 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings["learning_rate"],
                                   weight_decay=settings["weight_decay"])
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(
-        i, settings["lr_warmup_steps"], settings["max_steps"], settings["lr_scheduler"]))
+    # Linear warm-up over lr_warmup_steps, then constant; the first step already gets lr / warmup.
+    warmup = max(1, settings["lr_warmup_steps"])
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup))
     ema = None
     if settings["use_ema"]:
         # foreach: one fused update instead of one kernel per tensor (2.8x faster here).
