@@ -54,6 +54,14 @@ def main():
     print(by_rule.sort_values("seconds", ascending=False).to_string())
     peak = table["max_rss_mb"].max()
     print(f"peak RSS {peak:.0f} MB = {peak / TARGET_RSS_MB:.2f} x the 4 GiB target")
+    # No schedule on N cores beats (job-seconds / N): the bound says whether a target is
+    # reachable by scheduling alone or needs less work. Jobs without a benchmark file (tables,
+    # figures, report) are left out, so the bound is a little low.
+    total, train = table["seconds"].sum(), table.loc[table["rule"] == "train", "seconds"].sum()
+    print(f"job-seconds {total:.0f} (training {train:.0f}, {train / total:.0%}); on "
+          f"{args.cores} cores no schedule beats {total / args.cores:.0f} s, training alone "
+          f"{train / args.cores:.0f} s; this run used {total / (args.cores * wall):.0%} of "
+          f"its cores")
     if not args.keep:
         shutil.rmtree(workdir)
     else:
