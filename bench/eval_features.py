@@ -31,6 +31,8 @@ import torch
 from fairdiffusion import io
 from fairdiffusion.data import synthetic
 from fairdiffusion import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 from fairdiffusion.evaluate import extractor, features, images, quality
 
 ATTRIBUTES = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
@@ -114,7 +116,8 @@ def main() -> None:
                         help="image (and extractor) side lengths; 32 is the embedded default")
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each way; the fastest counts")
-    parser.add_argument("--out", default="results/bench/eval_features.csv")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "results" / "bench" / "eval_features.csv")
     args = parser.parse_args()
     runtime.set_threads(1)
     extractor.register()

@@ -91,7 +91,7 @@ def measure(stack: str, threads: int) -> list[dict]:
 
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=0.01)
-    ema = EMAModel(unet.parameters(), decay=0.995) if use_ema else None
+    ema = EMAModel(unet.parameters(), decay=0.995, foreach=True) if use_ema else None
     prediction = scheduler.config.prediction_type
     total_t = scheduler.config.num_train_timesteps
     gen = torch.Generator().manual_seed(0)

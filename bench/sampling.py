@@ -51,6 +51,8 @@ def main():
     dataset = next(iter(config["datasets"].values()))
     resolution, batch = int(dataset["resolution"]), int(settings["batch_size"])
     n_batched = args.images or batch
+    # The per-image images are the first batched ones, compared pixel by pixel.
+    n_single = min(args.single_images, n_batched)
     frame, _ = synthetic.generate(n_batched, resolution, seed=0)
     prompts = list(frame["prompt"])
     seeds = [sample.image_seed(0, str(i), 0) for i in range(n_batched)]
@@ -73,7 +75,7 @@ def main():
         for _ in range(args.rounds):
             rate, batched = run(pipe, n_batched, batch)
             rates["batched"].append(rate)
-            rate, single = run(pipe, args.single_images, 1)
+            rate, single = run(pipe, n_single, 1)
             rates["per_image"].append(rate)
             pipe.vae.disable_slicing()
             rates["batched_unsliced_vae"].append(run(pipe, n_batched, batch)[0])
@@ -84,7 +86,7 @@ def main():
     frame = pd.DataFrame([
         {"way": way, "images_per_s": statistics.median(r),
          "ratio": statistics.median(r) / per_image,
-         "images": args.single_images if way == "per_image" else n_batched,
+         "images": n_single if way == "per_image" else n_batched,
          "batch_size": 1 if way == "per_image" else batch, "rounds": args.rounds,
          "scheduler": settings["scheduler"], "steps": settings["num_inference_steps"],
          "guidance_scale": settings["guidance_scale"], "resolution": resolution,

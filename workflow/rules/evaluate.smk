@@ -151,6 +151,8 @@ rule measure_reference:
         per_image=f"{RESULTS}/metrics/{{dataset}}/real/measured_images.csv",
     log:
         "logs/measure_reference/{dataset}.log",
+    benchmark:
+        "benchmarks/measure_reference/{dataset}.tsv"
     conda:
         "../../envs/evaluate.yaml"
     threads: 1

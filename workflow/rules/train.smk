@@ -24,6 +24,7 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+        # On a GPU node the step runs on the GPU; the CPUs serve the process, CUDA and I/O.
         cpus_per_gpu=4,
         mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
