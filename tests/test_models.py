@@ -13,6 +13,8 @@ from fairdiffusion import models, tokenizer
 from fairdiffusion.errors import FairDiffError
 
 TINY = models.CONFIGS / "tiny"
+# Every tiny architecture shipped (folders holding a tokenizer; sd21 is configs only).
+TINY_ARCHITECTURES = sorted(p.parent.name for p in models.CONFIGS.glob("*/tokenizer"))
 
 PROMPTS = [
     "SLO fundus image of a Black Female Non-Hispanic patient with the following conditions: "
@@ -33,10 +35,25 @@ print(json.dumps(tok(json.loads(sys.argv[2])).input_ids))
 """
 
 
-def test_shipped_tokenizer_files_are_the_generated_ones(tmp_path):
+@pytest.mark.parametrize("architecture", TINY_ARCHITECTURES)
+def test_shipped_tokenizer_files_are_the_generated_ones(tmp_path, architecture):
     tokenizer.write_files(tmp_path)
+    folder = models.CONFIGS / architecture / "tokenizer"
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        assert (tmp_path / name).read_text() == (TINY / "tokenizer" / name).read_text(), name
+        assert (tmp_path / name).read_text() == (folder / name).read_text(), name
+
+
+@pytest.mark.parametrize("architecture", TINY_ARCHITECTURES)
+def test_tiny_architecture_unet_takes_its_text_encoder_states(architecture):
+    stack = models.build_tiny(architecture, 32)
+    ids = stack["tokenizer"](PROMPTS[:2], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = stack["text_encoder"](ids)[0]
+        out = stack["unet"](torch.randn(2, 4, 16, 16), torch.tensor([1, 500]),
+                            encoder_hidden_states=states).sample
+    assert states.shape == (2, stack["tokenizer"].model_max_length,
+                            stack["unet"].config.cross_attention_dim)
+    assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
 
 
 def test_every_prompt_word_is_one_token():
