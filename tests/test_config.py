@@ -22,9 +22,13 @@ def test_shipped_configs_validate_and_get_defaults(root):
         if "datasets" in raw:
             cfg = config.load(path)
         else:
-            # An overlay (configs/study_3seeds.yaml): given after the config its name starts with.
-            base = yaml.safe_load((path.parent / f"{path.stem.split('_')[0]}.yaml").read_text())
-            cfg = config.validate({**base, **raw})
+            # An overlay (configs/study_3seeds.yaml): given after the config its name starts with,
+            # merged as Snakemake merges config files (nested keys one by one).
+            from snakemake.utils import update_config
+
+            cfg = yaml.safe_load((path.parent / f"{path.stem.split('_')[0]}.yaml").read_text())
+            update_config(cfg, raw)
+            config.validate(cfg)
         assert cfg["train"]["max_steps"] >= 1
         for ds in cfg["datasets"].values():
             assert set(ds["limit"]) == {"train", "val", "test"}
