@@ -198,8 +198,6 @@ def test_small_groups_are_skipped_with_a_warning(env, caplog):
     real_rows, _ = rows_and_images(env, "real")
     g, _, tag, layers = features.load(env["root"] / "gen.safetensors")
     r, _, _, _ = features.load(env["root"] / "real.safetensors")
-    counts = real_rows["race"].value_counts()
-    small = [grp for grp in ATTRIBUTES["race"] if counts.get(grp, 0) < quality.MIN_IMAGES]
     gen_rows = gen_rows.copy()
     gen_rows.loc[gen_rows.index[:200], "ethnicity"] = "Non-Hispanic"  # no generated Hispanic image
     with caplog.at_level(logging.WARNING):
@@ -207,7 +205,6 @@ def test_small_groups_are_skipped_with_a_warning(env, caplog):
                                             {"extractor": tag}))
     assert "Hispanic" not in set(out["group"])
     assert "ethnicity=Hispanic" in caplog.text
-    assert not set(small) & set(out["group"])
     assert not out["value"].isna().any()
 
 

@@ -1,4 +1,4 @@
-"""Fair Bayesian Perturbation (src/fairdiffusion/method.py) against DESIGN.md 1.1."""
+"""Fair Bayesian Perturbation (src/fairdiffusion/method.py) against the formulas of its docstring."""
 
 import itertools
 import json

@@ -118,3 +118,14 @@ def test_resume_keeps_images_already_in_the_partial_folder(run):
     assert np.array_equal(np.asarray(Image.open(out / "000001.png")), marker)
     assert np.asarray(Image.open(out / "000000.png")).std() > 0
     assert len(pd.read_csv(out / "prompts.csv")) == 5
+    # Same model and settings, other prompts in the manifest: images are named by position, so
+    # none is reused.
+    frame = pd.read_csv(run.manifest, dtype=str, keep_default_na=False)
+    frame["prompt"] = frame["prompt"].to_numpy()[::-1]
+    other_manifest = run.manifest.parent / "manifest_other_prompts.csv"
+    frame.to_csv(other_manifest, index=False)
+    out.rename(partial)
+    (partial / "prompts.csv").unlink()
+    Image.fromarray(marker).save(partial / "000001.png")
+    sample.sample(run.base, run.model, other_manifest, "train", run.ds, run.settings, 0, out)
+    assert not np.array_equal(np.asarray(Image.open(out / "000001.png")), marker)

@@ -316,3 +316,16 @@ def test_study_target_dry_runs_with_the_study_config(root):
     for arm in ("baseline", "fairdiffusion", "random", "fairdiffusion_vr"):
         assert f"results/models/synthfundus_study/{arm}/seed4/bo_trajectory.csv" in planned
     assert "--replace-workflow-config" in planned  # the page names the command that made it
+
+
+def test_paired_seeds_counts_the_seeds_every_arm_shares_with_the_baseline():
+    rows = [{"method": method, "seed": seed, "source": "measured", "metric": "accuracy",
+             "task": "cup_disc", "attribute": "race", "group": group, "value": value}
+            for method, seeds in (("baseline", range(5)), ("fairdiffusion", range(3)),
+                                  ("random", range(5)))
+            for seed in seeds for group, value in BASE.items()]
+    checks = study.preconditions(pd.DataFrame(rows), None, "White", SETTINGS,
+                                 {"race": list(BASE)}, ["cup_disc"])
+    paired = next(c for c in checks if c["check"] == "paired seeds")
+    assert paired["detail"].startswith("3 seeds shared by every arm with baseline")
+    assert paired["ok"] is False                        # the design asks for 5

@@ -8,6 +8,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -31,9 +32,9 @@ def run(tmp_path_factory):
                            settings=settings, fair_bayes={**cfg["fair_bayes"], "time_window": 3})
 
 
-def _train(run, name, method="baseline", seed=0, **overrides):
+def _train(run, name, method="baseline", seed=0, cache=None, **overrides):
     out = run.root / "models" / name
-    train.train(run.cache, run.base, run.ds, {**run.settings, **overrides}, method,
+    train.train(cache or run.cache, run.base, run.ds, {**run.settings, **overrides}, method,
                 run.fair_bayes, seed, out, run.root / "checkpoints" / name)
     return out
 
@@ -95,7 +96,9 @@ def test_outputs_load_in_a_stock_pipeline(run):
     for name in ("unet", "unet_ema"):
         unet = UNet2DConditionModel.from_pretrained(out / name)
         pipe = StableDiffusionPipeline.from_pretrained(run.base, unet=unet)
-        assert pipe.unet is unet
+        image = pipe("SLO fundus image", num_inference_steps=1, height=32, width=32,
+                     output_type="np").images
+        assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
     assert not torch.equal(
         load_file(out / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"],
         load_file(out / "unet_ema" / "diffusion_pytorch_model.safetensors")["conv_in.weight"])
@@ -119,6 +122,19 @@ def test_resume_with_different_settings_is_refused(run):
         _train(run, "refuse", max_steps=4, learning_rate=1e-2)
 
 
+def test_cache_of_another_split_is_refused(run):
+    test_cache = run.root / "test_split.safetensors"
+    latents.cache(run.base, run.root / "data" / "manifest.csv", "test", run.ds, False, test_cache)
+    with pytest.raises(FairDiffError, match="a cache of the 'test' split"):
+        _train(run, "wrong_split", cache=test_cache)
+
+
+def test_checkpoint_past_max_steps_is_refused(run):
+    _train(run, "shorter", max_steps=4)                  # checkpoints at steps 2 and 4
+    with pytest.raises(FairDiffError, match=r"checkpoint at step 4 is past train.max_steps 2"):
+        _train(run, "shorter", max_steps=2)
+
+
 def test_non_finite_loss_stops_and_saves_nothing(run):
     tensors, meta = latents.read(run.cache)
     tensors["latents"][:] = float("inf")
@@ -133,7 +149,9 @@ def test_non_finite_loss_stops_and_saves_nothing(run):
 
 
 def _cli(run, name, steps):
-    settings = {**run.settings, "max_steps": steps}
+    # log_every 3 against checkpoint_every 2: a checkpoint falls inside a log window, whose losses
+    # must survive the resume for train_log.csv to match.
+    settings = {**run.settings, "max_steps": steps, "log_every": 3}
     return [sys.executable, "-m", "fairdiffusion.cli", "train", "--latents", str(run.cache),
             "--base", run.base, "--dataset", json.dumps(run.ds), "--train", json.dumps(settings),
             "--method", "fairdiffusion", "--fair-bayes", json.dumps(run.fair_bayes),

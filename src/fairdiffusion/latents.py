@@ -48,7 +48,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], batch_size: int 
     for i in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[i:i + batch_size], padding="max_length", truncation=True,
                         max_length=limit, return_tensors="pt").input_ids
-        states.append(text_encoder(ids)[0].float())
+        states.append(text_encoder(ids.to(text_encoder.device))[0].float())
     return torch.cat(states)
 
 

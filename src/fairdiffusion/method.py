@@ -1,5 +1,5 @@
-"""Fair Bayesian Perturbation (DESIGN.md 1.1): per-sample loss weights whose per-group scales are
-chosen online by Bayesian optimisation of a fairness objective.
+"""Fair Bayesian Perturbation (Luo et al., arXiv:2412.20374): per-sample loss weights whose
+per-group scales are chosen online by Bayesian optimisation of a fairness objective.
 
 A small pure module (no I/O, no training loop). The training loop uses it once per step:
 
@@ -85,7 +85,7 @@ _STREAM_Z, _STREAM_U, _STREAM_BO = 1, 2, 3
 
 
 # ----------------------------------------------------------------------------------------------
-# Pure pieces: each is one formula of DESIGN.md 1.1.
+# Pure pieces: each is one formula of the method (module docstring).
 
 
 def perturbation_weights(groups: torch.Tensor, sigma_per_attr: Sequence[torch.Tensor],

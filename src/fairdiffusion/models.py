@@ -142,7 +142,8 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_r
     vae.train()
     losses = []
     for _ in tqdm(range(steps), desc="VAE", mininterval=5):
-        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
+        batch = images[torch.randint(len(images), (batch_size,), generator=generator)].to(
+            vae.device)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample
         loss = torch.nn.functional.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
@@ -160,14 +161,14 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_r
 
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Unscaled latents: the mean of the VAE's posterior (deterministic)."""
-    return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mode()
+    """Unscaled latents: the mean of the VAE's posterior (deterministic), on the CPU."""
+    return torch.cat([vae.encode(images[i:i + batch_size].to(vae.device)).latent_dist.mode().cpu()
                       for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([vae.decode(latents[i:i + batch_size]).sample
+    return torch.cat([vae.decode(latents[i:i + batch_size].to(vae.device)).sample.cpu()
                       for i in range(0, len(latents), batch_size)])
 
 
@@ -219,11 +220,11 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
     stack = build_tiny(model["tiny_architecture"], int(dataset["resolution"]))
     train = frame[frame["split"] == "train"]
     images = to_tensor(read_images(manifest_path, train, int(dataset["resolution"])))
-    if images.shape[-1] != dataset["resolution"]:
-        raise FairDiffError(f"{manifest_path}: images are {images.shape[-1]} px, the dataset's "
-                            f"resolution is {dataset['resolution']}")
     settings = model["vae"]
-    log.info("training the VAE on %d images for %d steps", len(images), settings["steps"])
+    # The rule asks for a GPU on a cluster: the VAE trains there (the CPU run is unchanged).
+    stack["vae"].to("cuda" if torch.cuda.is_available() else "cpu")
+    log.info("training the VAE on %d images for %d steps on %s", len(images), settings["steps"],
+             stack["vae"].device)
     losses = train_vae(stack["vae"], images, settings["steps"], settings["batch_size"],
                        settings["learning_rate"])
     latents = encode(stack["vae"], images)
@@ -243,6 +244,7 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
         log.info("VAE ceiling (%s split): reconstruction MSE %.5f; lowest label accuracy %.3f "
                  "(%s, %s=%s)", val["split"].iloc[0], mse, worst["reconstruction_accuracy"],
                  worst["label"], worst["attribute"], worst["group"])
+    stack["vae"].to("cpu")
     with io.atomic_dir(out) as tmp:
         save_stack(stack, tmp)
         if ceiling is not None:

@@ -17,6 +17,7 @@ prompts.csv is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -86,11 +87,11 @@ def generate(pipe, prompts: list[str], seeds: list[int], resolution: int, steps:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
-def plan(frame, split: str, settings: dict, seed: int):
+def plan(frame, split: str, settings: dict, seed: int, manifest_path: Path | str = "manifest"):
     """The images to generate: source rows, copy index, file name and seed, in a fixed order."""
     rows = frame[frame["split"] == split].reset_index(drop=True)
     if not len(rows):
-        raise FairDiffError(f"manifest has no rows in split '{split}'")
+        raise FairDiffError(f"{manifest_path}: no rows in split '{split}'")
     if split == "test":
         copies = settings["images_per_prompt"]
     else:
@@ -112,16 +113,19 @@ def sample(base: str, model_dir: Path, manifest_path: Path, split: str, dataset:
     from tqdm import tqdm
 
     frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
-    jobs = plan(frame, split, settings, seed)
+    jobs = plan(frame, split, settings, seed, manifest_path)
     partial = out.parent / f".{out.name}.partial"
-    # Images left by an earlier attempt are reused only if they come from the same model and
-    # settings (the weights' hash, not their path, identifies the model).
+    # Images left by an earlier attempt are reused only if they come from the same model,
+    # settings and plan (the weights' hash, not their path, identifies the model; images are
+    # named by position, so the plan's prompts and seeds are part of the key).
     from .train import file_hash
 
     weights = unet_folder(model_dir) / "diffusion_pytorch_model.safetensors"
     key = json.dumps({"base": base, "weights": file_hash(weights) if weights.exists() else None,
                       "split": split, "sample": settings, "seed": seed,
-                      "resolution": dataset["resolution"]}, sort_keys=True)
+                      "resolution": dataset["resolution"],
+                      "plan": hashlib.sha256(jobs[["id", "prompt", "seed"]].to_csv(
+                          index=False).encode()).hexdigest()}, sort_keys=True)
     if partial.exists() and (not (partial / "key.json").exists()
                              or (partial / "key.json").read_text() != key):
         shutil.rmtree(partial)

@@ -4,7 +4,7 @@ Runs as a plain command or under `accelerate launch` (multi-GPU). Per optimiser 
 batch of cached latents and text states (prompt dropout -> the empty prompt's states), noise and
 timesteps; predict the noise (or v, when the scheduler's prediction_type says so); per-sample loss
 l_i = MSE averaged over C, H, W; loss = mean_i(w_i l_i) with w from the method hook
-(method.make_weighting, DESIGN.md 1.1); then weighting.observe(gathered unweighted losses,
+(method.make_weighting); then weighting.observe(gathered unweighted losses,
 groups, timesteps, step). AdamW, constant LR after a linear warm-up, gradient clipping and
 accumulation, EMA of the weights (diffusers EMAModel), mixed precision on GPU only.
 
@@ -161,6 +161,9 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     from .method import make_weighting
 
     tensors, meta = latents.read(latents_path)
+    if meta.get("split", "train") != "train":
+        raise FairDiffError(f"{latents_path}: a cache of the '{meta['split']}' split; training "
+                            f"reads the train split's")
     # Order matters: the columns of `groups` follow the attributes' order.
     if list(meta["attributes"].items()) != list(dataset["attributes"].items()):
         raise FairDiffError(f"{latents_path}: cached attributes {meta['attributes']} differ from "
@@ -207,7 +210,8 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
         method, dataset["attributes"], fair_bayes, seed, rank,
         broadcast=(lambda t: broadcast(t.to(device)).cpu()) if world > 1 else None)
 
-    step, elapsed, log_rows, trajectory = 0, 0.0, [], []
+    # window: losses of the steps since the last train_log row.
+    step, elapsed, log_rows, trajectory, window = 0, 0.0, [], [], []
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
         state = json.loads((resume / "state.json").read_text())
@@ -225,7 +229,13 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
         method_tensors, method_plain = load_parts(resume, "method")
         weighting.load_state_dict({**method_tensors, **method_plain})
         step, elapsed = state["step"], state["elapsed"]
+        if step > settings["max_steps"]:
+            raise FairDiffError(f"{resume}: checkpoint at step {step} is past train.max_steps "
+                                f"{settings['max_steps']}; delete {checkpoints} to start over")
         log_rows, trajectory = state["log"], state["trajectory"]
+        window = state.get("window", [])           # absent in checkpoints of earlier versions
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
         log.info("resuming from %s (step %d)", resume, step)
 
     unet, optimizer = accelerator.prepare(unet, optimizer)
@@ -257,12 +267,14 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
             (tmp / "state.json").write_text(json.dumps(
                 {"step": step, "elapsed": elapsed + time.time() - start,
                  "config_hash": config_hash, "settings": run_settings, "log": log_rows,
-                 "trajectory": trajectory}, default=float))
+                 "window": window, "trajectory": trajectory,
+                 # fp16's loss scale (accelerate's GradScaler; None without fp16)
+                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
+                default=float))
         for old in sorted(checkpoints.glob("checkpoint-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
 
     start = time.time()
-    window: list[float] = []
     bar = tqdm(total=max_steps, initial=step, desc=f"train {method}", mininterval=5,
                disable=not accelerator.is_main_process)
     while step < max_steps:

@@ -3,13 +3,14 @@
 ES-M follows the authors' ES-AUC code (Luo et al., FairDiffusion / FairCLIP):
 
     higher-is-better M (AUC, IS):  ES-M = M / (1 + alpha * sum_g |M - M_g|)
-    lower-is-better  M (FID, KID): ES-M = M * (1 + alpha * sum_g |M - M_g|)
+    lower-is-better  M (FID, KID): ES-M = M + |M| * alpha * sum_g |M - M_g|
 
 where M is the metric over all images and M_g the metric on group g of one attribute. Either
 way a disparity between groups makes the scaled value worse, and ES-M = M when every group
-equals the overall value. The paper's exact normalisation of ES-FID could not be checked from
-here (no code for it was available); the lower-is-better form above is this reproduction's
-choice, mirroring ES-AUC. Groups that could not be evaluated (too few images, a single class)
+equals the overall value. For M >= 0 the lower-is-better form is M * (1 + alpha * sum); |M|
+keeps it worse with disparity for KID, whose unbiased estimate can be negative. The paper's
+exact normalisation of ES-FID could not be checked from here (no code for it was available);
+the lower-is-better form above is this reproduction's choice, mirroring ES-AUC. Groups that could not be evaluated (too few images, a single class)
 are left out of the sum.
 """
 
@@ -27,7 +28,7 @@ def equity_scaled(overall: float, group_values: Iterable[float], alpha: float = 
     """ES-M of an overall metric and its per-group values for one attribute (see module doc)."""
     disparity = sum(abs(overall - g) for g in group_values)
     factor = 1.0 + alpha * disparity
-    return overall / factor if higher_is_better else overall * factor
+    return overall / factor if higher_is_better else overall + abs(overall) * (factor - 1.0)
 
 
 def gap(group_values: Iterable[float]) -> float:

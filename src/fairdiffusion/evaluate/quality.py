@@ -181,7 +181,9 @@ def evaluate(generated: dict, gen_rows, real: dict, real_rows, attributes: dict,
                 per_attribute.setdefault((attribute, metric), []).append(value)
     overall = {r["metric"]: r["value"] for r in rows if r["attribute"] == "all"}
     if not overall:
-        raise FairDiffError(f"too few images to evaluate (fewer than {MIN_IMAGES} generated or real)")
+        where = " vs ".join(str(r.attrs.get("source", "")) for r in (gen_rows, real_rows))
+        raise FairDiffError(f"{where}: too few images to evaluate (fewer than {MIN_IMAGES} "
+                            f"generated or real)")
     for attribute in attributes:
         for metric in overall:
             group_values = per_attribute.get((attribute, metric), [])

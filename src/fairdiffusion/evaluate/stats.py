@@ -6,7 +6,6 @@
   test (two-sided), with the mean difference and its sign.
 - `paired_bootstrap`: arm vs baseline on the same resampled test images (paired by image):
   the difference, its percentile CI and a two-sided bootstrap p-value.
-- `compare_arms`: `paired_seed_test` for every metric row of a tidy metrics table.
 - `paired_mean_ci`: t-interval of the mean of paired differences (seed-level CI).
 - `paired_t_power`, `minimum_detectable_effect`, `pairs_needed`: power of the two-sided paired
   t-test from the sd of the paired differences (noncentral t): the smallest effect n pairs
@@ -115,19 +114,6 @@ def paired_bootstrap(statistic_arm: Callable[[np.ndarray], float],
         pvalue = float(min(1.0, 2.0 * min((boot <= 0).mean(), (boot >= 0).mean())))
     return {"diff": float(diff), "lower": lower, "upper": upper, "pvalue": pvalue,
             "sign": int(np.sign(diff))}
-
-
-def compare_arms(frame: pd.DataFrame, arm: str, baseline: str = "baseline") -> pd.DataFrame:
-    """`paired_seed_test` of `arm` vs `baseline` for every metric row, on the seeds both have."""
-    keys = [k for k in KEYS if k in frame.columns and k != "method"]
-    a = frame[frame["method"] == arm]
-    b = frame[frame["method"] == baseline]
-    joined = a.merge(b, on=[*keys, "seed"], suffixes=("_arm", "_base"))
-    rows = []
-    for key, part in joined.groupby(keys, sort=False, dropna=False):
-        result = paired_seed_test(part["value_arm"].to_numpy(), part["value_base"].to_numpy())
-        rows.append({**dict(zip(keys, key)), "arm": arm, "baseline": baseline, **result})
-    return pd.DataFrame(rows)
 
 
 def paired_mean_ci(diff: np.ndarray, level: float = 0.95) -> tuple[float, float]:

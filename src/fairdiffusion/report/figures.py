@@ -157,7 +157,7 @@ def loss(frame: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     sns.lineplot(data=frame, x="step", y="loss", hue="method",
                  hue_order=_method_order(frame["method"]), errorbar="sd", ax=ax)
-    ax.set(ylabel="training loss (weighted)", yscale="log")
+    ax.set(ylabel="training loss (unweighted)", yscale="log")
     sns.move_legend(ax, "upper right", frameon=False)
     fig.tight_layout()
     return fig

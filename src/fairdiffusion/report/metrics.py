@@ -16,7 +16,7 @@ KEYS = ["metric", "task", "attribute", "group", "extractor"]
 REFERENCE = "real"  # the method name of rows measured on (or trained on) real images
 
 # Lower is better for these and for every "<metric>-gap" (max - min over groups); the others
-# listed are higher-is-better. ES-M has M's direction (DESIGN.md 1.2 scales a lower-is-better
+# listed are higher-is-better. ES-M has M's direction (equity.py scales a lower-is-better
 # metric up with the disparity).
 LOWER_BETTER = {"FID", "KID", "DPD", "EOD"}
 HIGHER_BETTER = {"IS", "precision", "recall", "F-score", "AUC", "accuracy"}

@@ -397,9 +397,14 @@ def preconditions(runs: pd.DataFrame, ceiling: pd.DataFrame | None, majority: st
             parts.append(f"{group} {number(base[group], 3)} (target {low}-{high})")
         checks.append({"check": "baseline calibration", "ok": ok,
                        "detail": f"baseline {task} accuracy: " + ", ".join(parts)})
-    n = runs[runs["method"] == baseline]["seed"].nunique()
+    # A pair needs both arms: count the seeds every arm shares with the baseline.
+    seeds = runs.groupby("method")["seed"].agg(set)
+    shared = [len(seeds[baseline] & seeds[m]) for m in seeds.index if m != baseline] \
+        if baseline in seeds.index else [0]
+    n = min(shared, default=len(seeds.get(baseline, ())))
     checks.append({"check": "paired seeds", "ok": n >= settings["min_seeds"],
-                   "detail": f"{n} seeds (design: >= {settings['min_seeds']})"})
+                   "detail": f"{n} seeds shared by every arm with {baseline} "
+                             f"(design: >= {settings['min_seeds']})"})
     return checks
 
 
