@@ -13,8 +13,11 @@ from fairdiffusion import models, tokenizer
 from fairdiffusion.errors import FairDiffError
 
 TINY = models.CONFIGS / "tiny"
-# Every tiny architecture shipped (folders holding a tokenizer; sd21 is configs only).
-TINY_ARCHITECTURES = sorted(p.parent.name for p in models.CONFIGS.glob("*/tokenizer"))
+# Every tiny architecture shipped (sd21 holds the paper's configs, not a tiny stack), and those
+# that ship their own tokenizer files.
+TINY_ARCHITECTURES = sorted(p.name for p in models.CONFIGS.iterdir()
+                            if p.is_dir() and p.name != "sd21")
+TOKENIZER_FOLDERS = sorted(p.parent.name for p in models.CONFIGS.glob("*/tokenizer"))
 
 PROMPTS = [
     "SLO fundus image of a Black Female Non-Hispanic patient with the following conditions: "
@@ -35,7 +38,7 @@ print(json.dumps(tok(json.loads(sys.argv[2])).input_ids))
 """
 
 
-@pytest.mark.parametrize("architecture", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("architecture", TOKENIZER_FOLDERS)
 def test_shipped_tokenizer_files_are_the_generated_ones(tmp_path, architecture):
     tokenizer.write_files(tmp_path)
     folder = models.CONFIGS / architecture / "tokenizer"

@@ -98,34 +98,37 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def build_tiny(architecture: str, resolution: int):
-    """The untrained tiny stack from the configs in configs/<architecture>/ (seeded)."""
+    """The untrained tiny stack from configs/<architecture>/ (seeded); components that folder
+    lacks come from configs/tiny/."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = CONFIGS / architecture
-    needed = ["vae/config.json", "unet/config.json", "text_encoder/config.json",
-              "tokenizer/vocab.json", "scheduler/scheduler_config.json"]
-    missing = [n for n in needed if not (folder / n).exists()]
-    if missing:
-        raise FairDiffError(f"model.tiny_architecture '{architecture}': {folder} lacks {missing}")
+    if not folder.is_dir():
+        raise FairDiffError(f"model.tiny_architecture '{architecture}': no folder {folder}")
+
+    def part(name: str) -> Path:
+        """A variant folder holds the components it changes; the others are tiny's."""
+        return folder / name if (folder / name).exists() else CONFIGS / "tiny" / name
+
     torch.manual_seed(BASE_SEED)
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(part("vae")))
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % factor:
         raise FairDiffError(f"dataset resolution {resolution} is not a multiple of the VAE's "
                             f"downsampling factor {factor}")
     vae.register_to_config(sample_size=resolution)
-    unet_config = dict(UNet2DConditionModel.load_config(folder / "unet"))
+    unet_config = dict(UNet2DConditionModel.load_config(part("unet")))
     unet_config["sample_size"] = resolution // factor
     unet = UNet2DConditionModel.from_config(unet_config)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    text_config = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(part("tokenizer"))
+    text_config = CLIPTextConfig.from_pretrained(part("text_encoder"))
     if text_config.max_position_embeddings < tokenizer.model_max_length:
-        raise FairDiffError(f"{folder}: text_encoder max_position_embeddings "
+        raise FairDiffError(f"{part('text_encoder')}: max_position_embeddings "
                             f"{text_config.max_position_embeddings} < tokenizer model_max_length "
                             f"{tokenizer.model_max_length}")
     text_encoder = CLIPTextModel(text_config)
-    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler = DDPMScheduler.from_pretrained(part("scheduler"))
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
             "scheduler": scheduler}
 

@@ -219,6 +219,10 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
             raise FairDiffError(f"{resume}: checkpoint written with different training settings "
                                 f"({', '.join(changed_keys(state['settings'], run_settings))}); "
                                 f"delete {checkpoints} to start over")
+        if state["step"] > settings["max_steps"]:
+            raise FairDiffError(f"{resume}: checkpoint at step {state['step']} is past "
+                                f"train.max_steps {settings['max_steps']}; delete {checkpoints} "
+                                f"to start over")
         from safetensors.torch import load_file
 
         unet.load_state_dict(load_file(str(resume / "unet.safetensors")))
@@ -229,9 +233,6 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
         method_tensors, method_plain = load_parts(resume, "method")
         weighting.load_state_dict({**method_tensors, **method_plain})
         step, elapsed = state["step"], state["elapsed"]
-        if step > settings["max_steps"]:
-            raise FairDiffError(f"{resume}: checkpoint at step {step} is past train.max_steps "
-                                f"{settings['max_steps']}; delete {checkpoints} to start over")
         log_rows, trajectory = state["log"], state["trajectory"]
         window = state.get("window", [])           # absent in checkpoints of earlier versions
         if accelerator.scaler is not None and state.get("scaler"):

@@ -399,9 +399,9 @@ def preconditions(runs: pd.DataFrame, ceiling: pd.DataFrame | None, majority: st
                        "detail": f"baseline {task} accuracy: " + ", ".join(parts)})
     # A pair needs both arms: count the seeds every arm shares with the baseline.
     seeds = runs.groupby("method")["seed"].agg(set)
-    shared = [len(seeds[baseline] & seeds[m]) for m in seeds.index if m != baseline] \
-        if baseline in seeds.index else [0]
-    n = min(shared, default=len(seeds.get(baseline, ())))
+    base_seeds = seeds.get(baseline, set())
+    n = min((len(base_seeds & s) for m, s in seeds.items() if m != baseline),
+            default=len(base_seeds))
     checks.append({"check": "paired seeds", "ok": n >= settings["min_seeds"],
                    "detail": f"{n} seeds shared by every arm with {baseline} "
                              f"(design: >= {settings['min_seeds']})"})
