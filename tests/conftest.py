@@ -29,6 +29,7 @@ def tiny_stack(root: Path, n_train: int, random_flip: bool) -> SimpleNamespace:
     ds["synthetic"].update(n_train=n_train, n_val=4, n_test=6)
     prepare("synthfundus", ds, root / "data")
     cfg["model"]["vae"].update(steps=2, batch_size=8)
+    cfg["model"]["text_encoder"].update(steps=2, batch_size=8)
     manifest = root / "data" / "manifest.csv"
     models.build_base("synthfundus", ds, cfg["model"], manifest, root / "base")
     cache = root / "latents" / "train" / "latents.safetensors"

@@ -25,7 +25,8 @@ CONFIG = {
             "synthetic": {"n_train": 24, "n_val": 6, "n_test": 6, "seed": 0},
         }
     },
-    "model": {"pretrained": None, "vae": {"steps": 3, "batch_size": 8}},
+    "model": {"pretrained": None, "vae": {"steps": 3, "batch_size": 8},
+              "text_encoder": {"steps": 3, "batch_size": 8}},
     "train": {"max_steps": 3, "batch_size": 4, "checkpoint_every": 2, "log_every": 1},
     "methods": ["baseline", "fairdiffusion"],
     "fair_bayes": {"time_window": 2},

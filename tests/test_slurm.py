@@ -31,7 +31,7 @@ TINY = {
     "datasets": {
         "synthfundus": {"synthetic": {"n_train": 48, "n_val": 12, "n_test": 24}},
     },
-    "model": {"vae": {"steps": 4, "batch_size": 8}},
+    "model": {"vae": {"steps": 4, "batch_size": 8}, "text_encoder": {"steps": 2, "batch_size": 8}},
     "train": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
     "fair_bayes": {"time_window": 2},
     "sample": {"num_inference_steps": 2, "train_prompts": 24, "batch_size": 24},

@@ -8,8 +8,10 @@ With `model.pretrained: null`, `fairdiff base-model` builds the stack from the a
 configs shipped in configs/<tiny_architecture>/ (AutoencoderKL, UNet2DConditionModel,
 CLIPTextModel, DDPM scheduler, the offline tokenizer of tokenizer.py), trains the VAE on the
 dataset's train split (a random decoder only gives noise), sets the VAE's scaling_factor to
-1/std of its latents, and saves everything with save_pretrained as a stock
-StableDiffusionPipeline folder. For SynthFundus (whose labels can be measured) it also measures
+1/std of its latents, trains the text encoder contrastively on the train split's (image,
+prompt) pairs, as CLIP was trained (a random frozen text encoder gives prompts states the UNet
+learns to follow only slowly, and how well depends on its initialisation), and saves everything
+with save_pretrained as a stock StableDiffusionPipeline folder. For SynthFundus (whose labels can be measured) it also measures
 the VAE ceiling: how often the labels measured on VAE reconstructions of the val split match the
 truth, per group (vae_ceiling.csv, next to the same accuracy on the real images) - a generated
 image cannot carry a label better than the autoencoder reproduces it.
@@ -162,6 +164,67 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_r
     return losses
 
 
+def train_text_encoder(text_encoder, tokenizer, latents: torch.Tensor, prompts: list[str],
+                       steps: int, batch_size: int, learning_rate: float,
+                       seed: int = BASE_SEED) -> list[float]:
+    """CLIP-style contrastive training of the text encoder on (image latent, prompt) pairs.
+
+    An image tower (a small CNN on the scaled latents, discarded afterwards) and the text
+    encoder's pooled output are projected into a shared space. For each batch of images, the
+    logits are scaled cosine similarities between its images and its distinct prompts: each
+    image's target is its own prompt, each prompt's targets are its images (images that share a
+    prompt are not negatives of each other). One-cycle learning rate, like the VAE.
+    """
+    from tqdm import tqdm
+
+    device = latents.device
+    unique, inverse = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
+    # CLIP's attention is causal: the states of a prompt's tokens (and its pooled end-of-text
+    # state) do not depend on padding after it, so padding to the longest prompt is exact.
+    ids = tokenizer(list(unique), padding="longest", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids, inverse = ids.to(device), torch.from_numpy(inverse).to(device)
+    torch.manual_seed(seed)
+    dim, width = text_encoder.config.projection_dim, text_encoder.config.hidden_size
+    channels = latents.shape[1]
+    tower = torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 64, 3, stride=2, padding=1), torch.nn.SiLU(),
+        torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.SiLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, dim)).to(device)
+    text_projection = torch.nn.Linear(width, dim, bias=False).to(device)
+    # CLIP's learnable temperature: logit scale 1/0.07 at the start, capped at 100
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+    parameters = [*text_encoder.parameters(), *tower.parameters(),
+                  *text_projection.parameters(), log_scale]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
+                                                   total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    normalize = torch.nn.functional.normalize
+    text_encoder.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="text encoder", mininterval=5):
+        rows = torch.randint(len(latents), (batch_size,), generator=generator).to(device)
+        distinct, own = torch.unique(inverse[rows], return_inverse=True)
+        text = normalize(text_projection(text_encoder(ids[distinct]).pooler_output), dim=-1)
+        image = normalize(tower(latents[rows]), dim=-1)
+        logits = log_scale.exp().clamp(max=100) * image @ text.T          # [images, prompts]
+        images_of = torch.nn.functional.one_hot(own, len(distinct)).T.float()
+        loss = (torch.nn.functional.cross_entropy(logits, own)
+                + torch.nn.functional.cross_entropy(
+                    logits.T, images_of / images_of.sum(1, keepdim=True))) / 2
+        if not torch.isfinite(loss):
+            raise FairDiffError(f"text encoder training: non-finite loss at step {len(losses)}; "
+                                f"lower model.text_encoder.learning_rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    text_encoder.eval()
+    return losses
+
+
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Unscaled latents: the mean of the VAE's posterior (deterministic), on the CPU."""
@@ -218,7 +281,8 @@ def save_stack(stack: dict, out: Path) -> None:
 
 
 def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: Path) -> dict:
-    """`fairdiff base-model`: build the tiny stack, train its VAE, measure its ceiling, save."""
+    """`fairdiff base-model`: build the tiny stack, train its VAE and text encoder, measure the
+    VAE ceiling, save."""
     frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
     stack = build_tiny(model["tiny_architecture"], int(dataset["resolution"]))
     train = frame[frame["split"] == "train"]
@@ -235,6 +299,18 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
     stack["vae"].register_to_config(scaling_factor=scaling)
     log.info("VAE: final loss %.5f, latent std %.4f -> scaling_factor %.4f",
              np.mean(losses[-20:]), 1 / scaling, scaling)
+    text = model["text_encoder"]
+    text_losses = []
+    if text["steps"]:
+        log.info("training the text encoder on %d image-prompt pairs (%d distinct prompts) for "
+                 "%d steps", len(train), train["prompt"].nunique(), text["steps"])
+        device = stack["vae"].device
+        text_losses = train_text_encoder(
+            stack["text_encoder"].to(device), stack["tokenizer"], (latents * scaling).to(device),
+            list(train["prompt"]), text["steps"], text["batch_size"], text["learning_rate"])
+        stack["text_encoder"].to("cpu")
+        log.info("text encoder: contrastive loss %.4f -> %.4f", np.mean(text_losses[:20]),
+                 np.mean(text_losses[-20:]))
 
     val = frame[frame["split"] == "val"]
     if not len(val):
@@ -257,7 +333,9 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
         io.write_json(tmp / "run_info.json", io.run_info(
             {"name": name, "model": model, "resolution": dataset["resolution"],
              "vae_final_loss": float(np.mean(losses[-20:])), "vae_scaling_factor": scaling,
-             "vae_reconstruction_mse": mse}))
+             "vae_reconstruction_mse": mse,
+             "text_encoder_final_loss": float(np.mean(text_losses[-20:])) if text_losses
+             else None}))
     return {"scaling_factor": scaling, "mse": mse, "ceiling": ceiling}
 
 

@@ -1,5 +1,6 @@
-# Models: the tiny latent-diffusion stack, built and its VAE trained (model.pretrained: null only;
-# a pretrained id or folder is used as it is, see base_model() in common.smk).
+# Models: the tiny latent-diffusion stack, built and its VAE and text encoder trained
+# (model.pretrained: null only; a pretrained id or folder is used as it is, see base_model() in
+# common.smk).
 
 
 rule base_model:
