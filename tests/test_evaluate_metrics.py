@@ -38,6 +38,17 @@ def test_auc_binary_multiclass_and_single_class():
     assert math.isnan(semantic.auc(np.array([1, 1, 1]), np.full((3, 2), 0.5)))
 
 
+def test_rank_auc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    # probabilities rounded to one decimal: many tied scores within and across classes
+    p = np.round(rng.dirichlet(np.ones(3), 200), 1)
+    reference = [roc_auc_score(y == c, p[:, c]) for c in range(3)]
+    assert [semantic.binary_auc(y == c, p[:, c]) for c in range(3)] == pytest.approx(reference)
+    assert semantic.auc(y, p) == pytest.approx(np.mean(reference))
+    assert semantic.binary_auc(np.array([0, 0, 1, 1], bool), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+
+
 def test_semantic_rows_es_auc_and_single_class_group(caplog):
     # group A: perfect ranking (AUC 1); group B: 1 of 4 pairs right (AUC 0.25); group C: one class only
     test = pd.DataFrame({"race": ["A"] * 4 + ["B"] * 4 + ["C"] * 2,

@@ -146,6 +146,49 @@ def test_vae_training_reduces_reconstruction_error():
     assert after < before / 2
 
 
+def text_encoder_task(n: int = 96):
+    """Three prompts differing in one word, each with its own latent pattern (plus noise)."""
+    prompts = [PROMPTS[0].replace("borderline", c) for c in ("normal", "borderline", "abnormal")]
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(n) % 3
+    latents = torch.randn(3, 4, 16, 16, generator=g)[rows] + 0.5 * torch.randn(n, 4, 16, 16,
+                                                                             generator=g)
+    return prompts, latents, [prompts[i] for i in rows]
+
+
+def test_text_encoder_training_separates_prompts_that_differ_in_one_word():
+    stack = models.build_tiny("tiny", 32)
+    encoder, tok = stack["text_encoder"], stack["tokenizer"]
+    prompts, latents, paired = text_encoder_task()
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
+              return_tensors="pt").input_ids
+
+    def most_similar_pair() -> float:
+        """Largest cosine similarity between two different prompts' pooled states."""
+        with torch.no_grad():
+            pooled = torch.nn.functional.normalize(encoder(ids).pooler_output, dim=-1)
+        return float((pooled @ pooled.T)[~torch.eye(3, dtype=bool)].max())
+
+    # a random encoder barely tells the prompts apart: what the UNet had to learn through
+    assert most_similar_pair() > 0.98
+    losses = models.train_text_encoder(encoder, tok, latents, paired, steps=60, batch_size=32,
+                                       learning_rate=2e-3)
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert most_similar_pair() < 0.5
+    assert not encoder.training
+
+
+def test_text_encoder_training_is_deterministic():
+    _, latents, paired = text_encoder_task()
+    runs = []
+    for _ in range(2):
+        stack = models.build_tiny("tiny", 32)
+        models.train_text_encoder(stack["text_encoder"], stack["tokenizer"], latents, paired,
+                                  steps=3, batch_size=16, learning_rate=2e-3)
+        runs.append(stack["text_encoder"].state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_sd21_architecture_configs_instantiate_at_paper_size():
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -96,7 +96,7 @@ def write_csv(path: str | os.PathLike, frame) -> None:
 
 
 _VERSIONED = ["torch", "diffusers", "transformers", "accelerate", "botorch", "torch-fidelity",
-              "snakemake", "pandas", "numpy", "scikit-learn"]
+              "snakemake", "pandas", "numpy", "scipy"]
 
 
 def run_info(settings: dict) -> dict:
