@@ -189,6 +189,31 @@ def test_text_encoder_training_is_deterministic():
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_base_model_trains_the_text_encoder_unless_its_steps_are_0(tmp_path, root):
+    import yaml
+    from transformers import CLIPTextModel
+
+    from fairdiffusion.config import validate
+    from fairdiffusion.data.prepare import prepare
+
+    cfg = validate(yaml.safe_load((root / "config.yaml").read_text()))
+    ds = cfg["datasets"]["synthfundus"]
+    ds["synthetic"].update(n_train=16, n_val=4, n_test=4)
+    prepare("synthfundus", ds, tmp_path / "data")
+    untrained = models.build_tiny("tiny", 32)["text_encoder"].state_dict()
+    for steps in (0, 3):
+        model = {**cfg["model"], "vae": {"steps": 2, "batch_size": 8, "learning_rate": 2e-3},
+                 "text_encoder": {"steps": steps, "batch_size": 8, "learning_rate": 2e-3}}
+        out = tmp_path / f"base{steps}"
+        models.build_base("synthfundus", ds, model, tmp_path / "data" / "manifest.csv", out)
+        saved = CLIPTextModel.from_pretrained(out / "text_encoder").state_dict()
+        unchanged = all(torch.equal(saved[k], untrained[k]) for k in untrained)
+        assert unchanged == (steps == 0)
+        loss = json.loads((out / "run_info.json").read_text())["settings"][
+            "text_encoder_final_loss"]
+        assert (loss is None) == (steps == 0)
+
+
 def test_sd21_architecture_configs_instantiate_at_paper_size():
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
