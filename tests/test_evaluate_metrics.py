@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fairdiffusion.evaluate import equity, semantic, stats
+from fairdiffusion.errors import FairDiffError
 
 
 def test_equity_scaling_higher_and_lower_is_better():
@@ -47,6 +48,13 @@ def test_rank_auc_equals_scikit_learn_with_ties():
     assert [semantic.binary_auc(y == c, p[:, c]) for c in range(3)] == pytest.approx(reference)
     assert semantic.auc(y, p) == pytest.approx(np.mean(reference))
     assert semantic.binary_auc(np.array([0, 0, 1, 1], bool), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    # a 0/1 integer target is a boolean one, not row indices
+    assert semantic.binary_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+
+
+def test_auc_refuses_non_finite_probabilities():
+    with pytest.raises(FairDiffError, match="NaN or inf"):
+        semantic.auc(np.array([0, 1, 0, 1]), np.array([[0.5, 0.5], [np.nan, np.nan]] * 2))
 
 
 def test_semantic_rows_es_auc_and_single_class_group(caplog):

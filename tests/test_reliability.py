@@ -85,7 +85,7 @@ def stack(tmp_path_factory):
     ds = cfg["datasets"]["synthfundus"]
     ds["synthetic"].update(n_train=16, n_val=4, n_test=4)
     model = {**cfg["model"], "vae": {**cfg["model"]["vae"], "steps": 2, "batch_size": 8},
-             "text_encoder": {"steps": 2, "batch_size": 8}}
+             "text_encoder": {**cfg["model"]["text_encoder"], "steps": 2, "batch_size": 8}}
     train = {**cfg["train"], "max_steps": 2, "batch_size": 4, "checkpoint_every": 2,
              "log_every": 1, "lr_warmup_steps": 1}
     fair_bayes = {**cfg["fair_bayes"], "time_window": 3}

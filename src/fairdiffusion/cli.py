@@ -19,7 +19,7 @@ from .errors import FairDiffError
 STAGES = {
     "data": ("fairdiffusion.data.prepare", "build a dataset's manifest (+ images) from its source"),
     "download": ("fairdiffusion.data.download", "download a public dataset into resources/"),
-    "base-model": ("fairdiffusion.models", "build the tiny model stack and train its VAE"),
+    "base-model": ("fairdiffusion.models", "build the tiny model stack and train its VAE and text encoder"),
     "cache-latents": ("fairdiffusion.latents", "encode a split's images and prompts once"),
     "train": ("fairdiffusion.train", "fine-tune the UNet with one arm's loss weighting"),
     "sample": ("fairdiffusion.sample", "generate images for a split's prompts"),

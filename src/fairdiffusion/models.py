@@ -11,10 +11,11 @@ dataset's train split (a random decoder only gives noise), sets the VAE's scalin
 1/std of its latents, trains the text encoder contrastively on the train split's (image,
 prompt) pairs, as CLIP was trained (a random frozen text encoder gives prompts states the UNet
 learns to follow only slowly, and how well depends on its initialisation), and saves everything
-with save_pretrained as a stock StableDiffusionPipeline folder. For SynthFundus (whose labels can be measured) it also measures
-the VAE ceiling: how often the labels measured on VAE reconstructions of the val split match the
-truth, per group (vae_ceiling.csv, next to the same accuracy on the real images) - a generated
-image cannot carry a label better than the autoencoder reproduces it.
+with save_pretrained as a stock StableDiffusionPipeline folder. For SynthFundus (whose labels
+can be measured) it also measures the VAE ceiling: how often the labels measured on VAE
+reconstructions of the val split match the truth, per group (vae_ceiling.csv, next to the same
+accuracy on the real images) - a generated image cannot carry a label better than the
+autoencoder reproduces it.
 """
 
 from __future__ import annotations
@@ -173,25 +174,30 @@ def train_text_encoder(text_encoder, tokenizer, latents: torch.Tensor, prompts: 
     encoder's pooled output are projected into a shared space. For each batch of images, the
     logits are scaled cosine similarities between its images and its distinct prompts: each
     image's target is its own prompt, each prompt's targets are its images (images that share a
-    prompt are not negatives of each other). One-cycle learning rate, like the VAE.
+    prompt are not negatives of each other). One-cycle learning rate, like the VAE. The loss's
+    floor is above 0 (the entropy of a prompt's spread over its images), so its value depends on
+    the batch size.
     """
     from tqdm import tqdm
 
     device = latents.device
     unique, inverse = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
     # CLIP's attention is causal: the states of a prompt's tokens (and its pooled end-of-text
-    # state) do not depend on padding after it, so padding to the longest prompt is exact.
+    # state) do not depend on padding after it, so padding to the longest prompt gives the
+    # states the latent cache's max_length padding gives (up to float rounding).
     ids = tokenizer(list(unique), padding="longest", truncation=True,
                     max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     ids, inverse = ids.to(device), torch.from_numpy(inverse).to(device)
-    torch.manual_seed(seed)
     dim, width = text_encoder.config.projection_dim, text_encoder.config.hidden_size
     channels = latents.shape[1]
-    tower = torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 64, 3, stride=2, padding=1), torch.nn.SiLU(),
-        torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.SiLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, dim)).to(device)
-    text_projection = torch.nn.Linear(width, dim, bias=False).to(device)
+    with torch.random.fork_rng(devices=[]):   # seeded heads, the caller's RNG left as it was
+        torch.manual_seed(seed)
+        tower = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 64, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, dim))
+        text_projection = torch.nn.Linear(width, dim, bias=False)
+    tower, text_projection = tower.to(device), text_projection.to(device)
     # CLIP's learnable temperature: logit scale 1/0.07 at the start, capped at 100
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
     parameters = [*text_encoder.parameters(), *tower.parameters(),
@@ -288,7 +294,8 @@ def build_base(name: str, dataset: dict, model: dict, manifest_path: Path, out: 
     train = frame[frame["split"] == "train"]
     images = to_tensor(read_images(manifest_path, train, int(dataset["resolution"])))
     settings = model["vae"]
-    # The rule asks for a GPU on a cluster: the VAE trains there (the CPU run is unchanged).
+    # The rule asks for a GPU on a cluster: the VAE and text encoder train there (the CPU run is
+    # unchanged; on a GPU neither is bit-identical to a CPU build).
     stack["vae"].to("cuda" if torch.cuda.is_available() else "cpu")
     log.info("training the VAE on %d images for %d steps on %s", len(images), settings["steps"],
              stack["vae"].device)
