@@ -136,31 +136,44 @@ def build_tiny(architecture: str, resolution: int):
             "scheduler": scheduler}
 
 
-def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float,
-              seed: int = BASE_SEED) -> list[float]:
-    """Reconstruction training (MSE + a tiny KL term, like SD's VAE), one-cycle learning rate."""
+def fit(loss_of_step, parameters, steps: int, learning_rate: float, weight_decay: float,
+        what: str, config_key: str) -> list[float]:
+    """AdamW with a one-cycle learning rate (10 % warm-up) over `steps` calls of loss_of_step();
+    stops at a non-finite loss, naming the config key to lower. Returns the losses."""
     from tqdm import tqdm
 
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
                                                    total_steps=steps, pct_start=0.1)
-    vae.train()
     losses = []
-    for _ in tqdm(range(steps), desc="VAE", mininterval=5):
-        batch = images[torch.randint(len(images), (batch_size,), generator=generator)].to(
-            vae.device)
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample(generator=generator)).sample
-        loss = torch.nn.functional.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+    for _ in tqdm(range(steps), desc=what, mininterval=5):
+        loss = loss_of_step()
         if not torch.isfinite(loss):
-            raise FairDiffError(f"VAE training: non-finite loss at step {len(losses)}; lower "
-                                f"model.vae.learning_rate")
+            raise FairDiffError(f"{what} training: non-finite loss at step {len(losses)}; lower "
+                                f"{config_key}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+    return losses
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float,
+              seed: int = BASE_SEED) -> list[float]:
+    """Reconstruction training (MSE + a tiny KL term, like SD's VAE), one-cycle learning rate."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss_of_step():
+        batch = images[torch.randint(len(images), (batch_size,), generator=generator)].to(
+            vae.device)
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        return torch.nn.functional.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+
+    vae.train()
+    losses = fit(loss_of_step, vae.parameters(), steps, learning_rate, 0.0, "VAE",
+                 "model.vae.learning_rate")
     vae.eval()
     return losses
 
@@ -178,8 +191,6 @@ def train_text_encoder(text_encoder, tokenizer, latents: torch.Tensor, prompts: 
     floor is above 0 (the entropy of a prompt's spread over its images), so its value depends on
     the batch size.
     """
-    from tqdm import tqdm
-
     device = latents.device
     unique, inverse = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
     # CLIP's attention is causal: the states of a prompt's tokens (and its pooled end-of-text
@@ -202,31 +213,23 @@ def train_text_encoder(text_encoder, tokenizer, latents: torch.Tensor, prompts: 
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
     parameters = [*text_encoder.parameters(), *tower.parameters(),
                   *text_projection.parameters(), log_scale]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
-                                                   total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
     normalize = torch.nn.functional.normalize
-    text_encoder.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="text encoder", mininterval=5):
+
+    def loss_of_step():
         rows = torch.randint(len(latents), (batch_size,), generator=generator).to(device)
         distinct, own = torch.unique(inverse[rows], return_inverse=True)
         text = normalize(text_projection(text_encoder(ids[distinct]).pooler_output), dim=-1)
         image = normalize(tower(latents[rows]), dim=-1)
         logits = log_scale.exp().clamp(max=100) * image @ text.T          # [images, prompts]
         images_of = torch.nn.functional.one_hot(own, len(distinct)).T.float()
-        loss = (torch.nn.functional.cross_entropy(logits, own)
+        return (torch.nn.functional.cross_entropy(logits, own)
                 + torch.nn.functional.cross_entropy(
                     logits.T, images_of / images_of.sum(1, keepdim=True))) / 2
-        if not torch.isfinite(loss):
-            raise FairDiffError(f"text encoder training: non-finite loss at step {len(losses)}; "
-                                f"lower model.text_encoder.learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+
+    text_encoder.train()
+    losses = fit(loss_of_step, parameters, steps, learning_rate, 0.01, "text encoder",
+                 "model.text_encoder.learning_rate")
     text_encoder.eval()
     return losses
 

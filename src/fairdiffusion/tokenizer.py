@@ -5,9 +5,10 @@ downloaded here. The tiny stack uses the same class with a small vocabulary: eve
 and end-of-word), plus merges that make each word of the datasets' prompt templates
 a single token; anything else falls back to bytes.
 
-The files are generated once by `write_files` and shipped in configs/<architecture>/tokenizer/.
-Every ordering below is explicit (sorted by (-len, word)), never set-iteration order, which
-follows Python's per-process string hashing and would change token ids between processes.
+The files are generated once by `write_files` and shipped in configs/tiny/tokenizer/ (the other
+tiny architectures use them). Every ordering below is explicit (sorted by (-len, word)), never
+set-iteration order, which follows Python's per-process string hashing and would change token
+ids between processes.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ way a disparity between groups makes the scaled value worse, and ES-M = M when e
 equals the overall value. For M >= 0 the lower-is-better form is M * (1 + alpha * sum); |M|
 keeps it worse with disparity for KID, whose unbiased estimate can be negative. The paper's
 exact normalisation of ES-FID could not be checked from here (no code for it was available);
-the lower-is-better form above is this reproduction's choice, mirroring ES-AUC. Groups that could not be evaluated (too few images, a single class)
-are left out of the sum.
+the lower-is-better form above is this reproduction's choice, mirroring ES-AUC. Groups that
+could not be evaluated (too few images, a single class) are left out of the sum.
 """
 
 from __future__ import annotations
