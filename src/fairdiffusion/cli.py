@@ -30,6 +30,7 @@ STAGES = {
     "measure": ("fairdiffusion.evaluate.measured", "SynthFundus: measured-label accuracy by group"),
     "table": ("fairdiffusion.report.tables", "build one of the paper's tables"),
     "figure": ("fairdiffusion.report.figures", "draw one of the paper's figures"),
+    "preflight": ("fairdiffusion.preflight", "check model, data, weights, disk and SLURM before a run"),
     "study": ("fairdiffusion.report.study", "validity study: paired effects, CIs, MDE, BO signal-to-noise"),
 }
 

@@ -6,6 +6,9 @@
 # resume from resources/.{dataset}.download/*.part, so `retries` continue where they stopped.
 # Local rule: cluster compute nodes often have no internet access.
 
+# torch-fidelity's release of the TF-ported FID Inception weights (also checked by preflight)
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+
 
 localrules:
     download,
@@ -46,8 +49,7 @@ rule download_inception:
         mem_mb=2000,
         runtime=30,
     params:
-        # torch-fidelity's release of the TF-ported FID Inception weights
-        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        url=INCEPTION_URL,
     shell:
         "fairdiff download --url {params.url} --sha256-prefix 6726825d "
         "--out {output.weights} > {log} 2>&1"
