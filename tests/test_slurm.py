@@ -12,8 +12,10 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -181,3 +183,115 @@ def test_pipeline_on_slurm(cluster, tmp_path):
         "200",
     ]
     assert (workdir / "flaky.txt").read_text().strip() == "2"
+
+
+# A training long enough to requeue after its first checkpoint: FairDiffusion, so that the BO
+# state (history, sigma, RNG) has to survive the requeue too.
+REQUEUE = {
+    "methods": ["fairdiffusion"],
+    "train": {"max_steps": 120, "checkpoint_every": 20, "log_every": 5},
+}
+RUN = "results/models/synthfundus/fairdiffusion/seed0"
+CHECKPOINTS = "results/checkpoints/synthfundus/fairdiffusion/seed0"
+
+
+def sbatch_training(workdir: Path, env: dict) -> str:
+    """Submit the training (and what it needs) as one requeueable batch job; its id."""
+    command = (f"{sys.executable} -m snakemake --cores 1 --rerun-incomplete "
+               f"{RUN}/run_info.json")
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--requeue", "--open-mode=append", "-A", ACCOUNT,
+         "-p", CPU_PARTITION, "-c", "1", "--mem", "1500", "-D", str(workdir),
+         "-o", str(workdir / "slurm-%j.log"), "--wrap", command],
+        env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def job_fields(job: str, env: dict) -> dict:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def wait_until(condition, limit_s: float, what: str):
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {limit_s} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_requeued_training_resumes_to_the_same_weights(cluster, tmp_path):
+    """`scontrol requeue` after the first checkpoint: the job restarts under the same id, the
+    training resumes from its checkpoint, and the final weights equal an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    config = merge(merge(yaml.safe_load((ROOT / "config.yaml").read_text()), TINY), REQUEUE)
+    dirs = {}
+    for name in ("requeued", "uninterrupted"):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        (dirs[name] / "config.yaml").write_text(yaml.safe_dump(config))
+        (dirs[name] / "Snakefile").write_text(f'include: "{ROOT / "Snakefile"}"\n')
+    jobs = {name: sbatch_training(folder, cluster) for name, folder in dirs.items()}
+
+    first = dirs["requeued"] / CHECKPOINTS
+    wait_until(lambda: any(first.glob("checkpoint-*/state.json")), 600, "the first checkpoint")
+    subprocess.run(["scontrol", "requeue", jobs["requeued"]], env=cluster, check=True)
+    # A requeued job waits for its begin time; the test cluster lets it start again at once.
+    wait_until(lambda: job_fields(jobs["requeued"], cluster)["JobState"] == "PENDING", 60,
+               "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"JobId={jobs['requeued']}", "StartTime=now"],
+                   env=cluster, check=True)
+    for name, job in jobs.items():
+        wait_until(lambda: job_fields(job, cluster)["JobState"] in ("COMPLETED", "FAILED"),
+                   RUN_LIMIT_S, f"the {name} job to end")
+        assert job_fields(job, cluster)["JobState"] == "COMPLETED", (
+            dirs[name] / f"slurm-{job}.log").read_text()[-4000:]
+
+    assert job_fields(jobs["requeued"], cluster)["Restarts"] == "1"
+    assert job_fields(jobs["uninterrupted"], cluster)["Restarts"] == "0"
+    train_log = (dirs["requeued"] / "logs" / "train" / "synthfundus" / "fairdiffusion" /
+                 "seed0.log")
+    resumed = re.findall(r"resuming from .*checkpoint-(\d+) \(step (\d+)\)", train_log.read_text())
+    assert resumed and 0 < int(resumed[-1][1]) < config["train"]["max_steps"], resumed
+
+    weights = {name: sorted((folder / RUN).rglob("*.safetensors")) for name, folder in dirs.items()}
+    assert weights["requeued"], "no weights written"
+    assert [p.relative_to(dirs["requeued"]) for p in weights["requeued"]] == [
+        p.relative_to(dirs["uninterrupted"]) for p in weights["uninterrupted"]]
+    for a, b in zip(weights["requeued"], weights["uninterrupted"]):
+        ta, tb = load_file(str(a)), load_file(str(b))
+        assert ta.keys() == tb.keys()
+        assert all(ta[k].equal(tb[k]) for k in ta), f"{a.name} differs after the requeue"
+    for name in ("train_log.csv", "bo_trajectory.csv"):
+        # everything but the wall-clock column
+        logs = [pd.read_csv(folder / RUN / name).drop(columns="time", errors="ignore")
+                for folder in dirs.values()]
+        pd.testing.assert_frame_equal(*logs, check_exact=True, obj=name)
+
+
+def test_preflight_checks_the_profile_account_and_partitions(cluster, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = merge(yaml.safe_load((ROOT / "config.yaml").read_text()), TINY)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "Snakefile").write_text(f'include: "{ROOT / "Snakefile"}"\n')
+    make_profile(workdir / "profile")
+    assert snakemake(["--profile", "profile", "preflight"], workdir, cluster,
+                     tmp_path / "ok.log") == 0, (tmp_path / "ok.log").read_text()[-4000:]
+    table = (workdir / "logs" / "preflight.log").read_text()
+    for what in (f"slurm account {ACCOUNT}", f"slurm partition {CPU_PARTITION}",
+                 f"slurm partition {GPU_PARTITION}"):
+        assert re.search(rf"^{what}\s+OK", table, re.M), table
+
+    profile = yaml.safe_load((workdir / "profile" / "config.yaml").read_text())
+    profile["default-resources"]["slurm_account"] = "no_such_account"
+    profile["set-resources"]["train"]["slurm_partition"] = "no_such_partition"
+    (workdir / "bad").mkdir()
+    (workdir / "bad" / "config.yaml").write_text(yaml.safe_dump(profile))
+    assert snakemake(["--profile", "bad", "preflight"], workdir, cluster,
+                     tmp_path / "bad.log") != 0
+    table = (workdir / "logs" / "preflight.log").read_text()
+    assert re.search(r"^slurm account no_such_account\s+PROBLEM", table, re.M), table
+    assert re.search(r"^slurm partition no_such_partition\s+PROBLEM", table, re.M), table

@@ -1,17 +1,25 @@
 # Helpers of preflight.smk: what the SLURM profile sets, and which weight files a config needs.
 
 
+def resource_value(resources, name):
+    """A resource's value as the profile wrote it (set-resources hold unevaluated Resources)."""
+    value = resources.get(name)
+    if hasattr(value, "is_evaluable"):
+        return value.raw if value.is_evaluable() else value.value
+    return value
+
+
 def slurm_settings(resources):
     """Account and partitions the SLURM profile sets, or None under another executor."""
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
         return None
-    partitions = [resources.get("slurm_partition")] + [
-        res.get("slurm_partition")
-        for res in workflow.resource_settings.overwrite_resources.values()
+    per_rule = workflow.resource_settings.overwrite_resources.values()
+    partitions = [resource_value(resources, "slurm_partition")] + [
+        resource_value(res, "slurm_partition") for res in per_rule
     ]
     return {
-        "account": resources.get("slurm_account"),
+        "account": resource_value(resources, "slurm_account"),
         "partitions": [p for p in partitions if p],
     }
 
