@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -113,7 +114,11 @@ def load_state(path: str, key: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise FairDiffError(f"{key}: {path} is not a plain state dict ({first})") from None
 
 
 def with_defaults(settings: dict) -> dict:
