@@ -125,7 +125,7 @@ def test_torchvision_classifier_trains_and_selects_an_epoch(manifest, tmp_path, 
     classifier = {"backbone": backbone, "resolution": resolution, "epochs": 2, "batch_size": 16,
                   "learning_rate": 0.001, "betas": [0.0, 0.1], "weight_decay": 0.0,
                   "schedule": "constant", "select_epoch": "best_val_auc"}
-    small = build(tmp_path / "data", n_train=32, n_val=16, n_test=16)
+    small = build(tmp_path / "data", n_train=16, n_val=16, n_test=16)
     sem, predictions, epochs = run_semantic(small, tmp_path / "out",
                                             {"glaucoma": LABELS["glaucoma"]}, classifier)
     assert set(sem["extractor"]) == {backbone}
