@@ -1,4 +1,4 @@
-"""The small multi-head image classifier shared by the domain extractor and the semantic stage.
+"""The image classifiers of the domain extractor (the small CNN) and of the semantic stage.
 
 One network, one head per clinical label, trained on all its labels together (the summed
 cross-entropy of the heads). `backbone` (evaluate.classifier) may instead name a torchvision
