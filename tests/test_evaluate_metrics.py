@@ -130,22 +130,30 @@ def test_seed_summary():
 
 
 def test_torchvision_backbone_from_local_weights(tmp_path):
+    """ImageNet weights arrive as a torchvision .pth state dict, loaded weights-only."""
     import torch
     import torchvision
-    from safetensors.torch import save_file
 
-    from fairdiffusion.errors import FairDiffError
     from fairdiffusion.evaluate import cnn
 
-    settings = {"backbone": "resnet18", "backbone_weights": str(tmp_path / "missing.safetensors")}
-    with pytest.raises(FairDiffError, match="evaluate.classifier.backbone_weights.*missing.safetensors"):
-        cnn.build({"glaucoma": 2}, settings, seed=0)
+    settings = {"backbone": "efficientnet_b1"}
+    with pytest.raises(FairDiffError, match="evaluate.classifier.backbone_weights.*missing.pth"):
+        cnn.build({"glaucoma": 2}, {**settings, "backbone_weights": str(tmp_path / "missing.pth")},
+                  seed=0, size=32)
     torch.manual_seed(1)
-    source = torchvision.models.resnet18()
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "r18.safetensors")
+    source = torchvision.models.efficientnet_b1()
+    torch.save(source.state_dict(), tmp_path / "b1.pth")
     model = cnn.build({"glaucoma": 2, "vision_loss": 4},
-                      {"backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.safetensors")},
-                      seed=0)
-    assert torch.equal(model.body.conv1.weight, source.conv1.weight)
+                      {**settings, "backbone_weights": str(tmp_path / "b1.pth")}, seed=0, size=32)
+    assert torch.equal(model.body.features[0][0].weight, source.features[0][0].weight)
+    assert model.heads["glaucoma"].bias is None  # the authors' EfficientNet head
     features, logits = model.eval()(torch.zeros(2, 3, 32, 32))
-    assert features.shape == (2, 512) and logits["vision_loss"].shape == (2, 4)
+    assert features.shape == (2, 1280) and logits["vision_loss"].shape == (2, 4)
+    with pytest.raises(FairDiffError, match="b1.pth is not a state dict of vit_b_16 at 32 px"):
+        cnn.build({"glaucoma": 2}, {"backbone": "vit_b_16",
+                                    "backbone_weights": str(tmp_path / "b1.pth")}, seed=0, size=32)
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")
+    with pytest.raises(FairDiffError, match="pickled.pth is not a plain state dict"):
+        cnn.load_state(str(tmp_path / "pickled.pth"), "evaluate.classifier.backbone_weights")
+    with pytest.raises(FairDiffError, match="evaluate.classifier.backbone.*resnet18"):
+        cnn.build({"glaucoma": 2}, {"backbone": "resnet18"}, seed=0, size=32)

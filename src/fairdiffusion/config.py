@@ -58,6 +58,22 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     return config
 
 
+def validate_section(section: dict, *keys: str, schema_path: str | Path = SCHEMA) -> dict:
+    """Validate one section of a config in place (e.g. keys "evaluate", "classifier"), filling
+    its defaults, for commands handed that section alone; errors name the full key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    sub = schema
+    for key in keys:
+        sub = sub["properties"][key]
+    sub = {**sub, "$defs": schema["$defs"]}
+    validator = _with_defaults(jsonschema.validators.validator_for(schema))(sub)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(section))
+    if error is not None:
+        error.path.extendleft(reversed(keys))
+        raise FairDiffError(_message(error))
+    return section
+
+
 def load(path: str | Path) -> dict:
     """Read and validate a config file."""
     path = Path(path)

@@ -53,3 +53,28 @@ rule download_inception:
     shell:
         "fairdiff download --url {params.url} --sha256-prefix 6726825d "
         "--out {output.weights} > {log} 2>&1"
+
+
+# ImageNet weights of a torchvision classifier (evaluate.classifier.backbone_weights). The file
+# names of torchvision's published weights carry the first 8 hex digits of their sha256, which
+# the download verifies.
+rule download_torchvision_weights:
+    output:
+        weights="resources/torchvision/{name}-{sha256_prefix}.pth",
+    log:
+        "logs/download_torchvision_weights/{name}-{sha256_prefix}.log",
+    wildcard_constraints:
+        name=r"[a-z0-9_]+",
+        sha256_prefix=r"[0-9a-f]{8}",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/evaluate.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        url=lambda wc: f"https://download.pytorch.org/models/{wc.name}-{wc.sha256_prefix}.pth",
+    shell:
+        "fairdiff download --url {params.url} --sha256-prefix {wildcards.sha256_prefix} "
+        "--out {output.weights} > {log} 2>&1"

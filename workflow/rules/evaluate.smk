@@ -92,9 +92,11 @@ rule quality:
 rule semantic_reference:
     input:
         manifest=manifest_path,
+        weights=classifier_weights,
     output:
         csv=f"{RESULTS}/metrics/{{dataset}}/real/semantic.csv",
         predictions=f"{RESULTS}/metrics/{{dataset}}/real/semantic_predictions.csv",
+        epochs=f"{RESULTS}/metrics/{{dataset}}/real/semantic_epochs.csv",
     log:
         "logs/semantic_reference/{dataset}.log",
     benchmark:
@@ -105,6 +107,7 @@ rule semantic_reference:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=CLASSIFIER_GPU,
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
@@ -113,16 +116,19 @@ rule semantic_reference:
         "fairdiff semantic --train {input.manifest} --train-split train "
         "--manifest {input.manifest} --dataset {params.dataset} --evaluate {params.evaluate} "
         "--name {wildcards.dataset} --method real --seed {params.seed} --threads {threads} "
-        "--out {output.csv} --predictions {output.predictions} > {log} 2>&1"
+        "--out {output.csv} --predictions {output.predictions} "
+        "--epochs-out {output.epochs} > {log} 2>&1"
 
 
 rule semantic:
     input:
         samples=lambda wc: samples_dir(wc, "train"),
         manifest=manifest_path,
+        weights=classifier_weights,
     output:
         csv=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic.csv",
         predictions=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic_predictions.csv",
+        epochs=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic_epochs.csv",
     log:
         "logs/semantic/{dataset}/{method}/seed{seed}.log",
     benchmark:
@@ -133,6 +139,7 @@ rule semantic:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=CLASSIFIER_GPU,
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
@@ -140,7 +147,8 @@ rule semantic:
         "fairdiff semantic --train {input.samples} --manifest {input.manifest} "
         "--dataset {params.dataset} --evaluate {params.evaluate} --name {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed} --threads {threads} "
-        "--out {output.csv} --predictions {output.predictions} > {log} 2>&1"
+        "--out {output.csv} --predictions {output.predictions} "
+        "--epochs-out {output.epochs} > {log} 2>&1"
 
 
 rule measure_reference:

@@ -1,6 +1,8 @@
 # Helpers of evaluate.smk: where an image set's table, features and extractor live.
 
 EXTRACTOR = config["evaluate"]["extractor"]
+# The torchvision semantic classifiers train on a GPU, the small CNN on a CPU.
+CLASSIFIER_GPU = int(config["evaluate"]["classifier"]["backbone"] != "small")
 
 
 def manifest_path(wildcards):
@@ -22,6 +24,11 @@ def extractor_input(wildcards):
     if wildcards.extractor == "domain":
         return f"{RESULTS}/models/{wildcards.dataset}/extractor"
     return config["evaluate"]["inception_weights"] or []
+
+
+def classifier_weights(wildcards):
+    """The semantic classifier's initial weights (download_torchvision_weights), or nothing."""
+    return config["evaluate"]["classifier"]["backbone_weights"] or []
 
 
 def imageset_table(wildcards):

@@ -1,15 +1,19 @@
-"""The small multi-head image classifier shared by the domain extractor and the semantic stage.
+"""The image classifiers of the domain extractor (the small CNN) and of the semantic stage.
 
-One network, one head per clinical label, trained once on all labels together (the summed
-cross-entropy of the heads): a single training run per image set keeps the number of jobs
-small, and every head sees the same features. `backbone` may instead name a torchvision model
-(e.g. efficientnet_b0, for the paper config), optionally initialised from a local weights file.
+One network, one head per clinical label, trained on all its labels together (the summed
+cross-entropy of the heads). `backbone` (evaluate.classifier) may instead name a torchvision
+model, efficientnet_b1 or vit_b_16 (the authors' classifiers), optionally initialised from a
+local weights file; the semantic stage may build one single-head network per label
+(evaluate.classifier.per_task). `train` is the one training loop of every architecture.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import config
 from ..errors import FairDiffError
 
 log = logging.getLogger(__name__)
@@ -61,21 +66,28 @@ class SmallCNN(nn.Module):
 class BackboneClassifier(nn.Module):
     """A torchvision model whose last linear layer is replaced by one head per label."""
 
-    def __init__(self, heads: dict[str, int], backbone: str, weights: str | None):
+    def __init__(self, heads: dict[str, int], backbone: str, weights: str | None, size: int):
         super().__init__()
         import torchvision
 
-        try:
-            model = torchvision.models.get_model(backbone, weights=None)
-        except ValueError as err:
-            raise FairDiffError(f"evaluate.classifier.backbone: unknown torchvision model "
-                                f"'{backbone}'") from err
+        # ViT's position embeddings are sized for the input (ImageNet weights: 224 px only)
+        kwargs = {"image_size": size} if backbone.startswith("vit_") else {}
+        model = torchvision.models.get_model(backbone, weights=None, **kwargs)
         if weights is not None:
-            model.load_state_dict(load_state(weights, "evaluate.classifier.backbone_weights"))
+            state = load_state(weights, "evaluate.classifier.backbone_weights")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[-1].strip()
+                raise FairDiffError(f"evaluate.classifier.backbone_weights: {weights} is not a "
+                                    f"state dict of {backbone} at {size} px ({first})") from None
         parent, name, last = _last_linear(model)
         setattr(parent, name, nn.Identity())
         self.body = model
-        self.heads = nn.ModuleDict({k: nn.Linear(last.in_features, n) for k, n in heads.items()})
+        # the authors' EfficientNet head has no bias (classification_codebase/src/modules.py:1084)
+        bias = backbone != "efficientnet_b1"
+        self.heads = nn.ModuleDict({k: nn.Linear(last.in_features, n, bias=bias)
+                                    for k, n in heads.items()})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.body(x)
@@ -102,40 +114,56 @@ def load_state(path: str, key: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise FairDiffError(f"{key}: {path} is not a plain state dict ({first})") from None
 
 
-def build(heads: dict[str, int], settings: dict, seed: int) -> nn.Module:
-    """The classifier named by evaluate.classifier (`backbone`: small | a torchvision model),
-    initialised from `seed` (torch seeds each process at random: unseeded initial weights would
-    differ between two runs of the same job)."""
+def with_defaults(settings: dict) -> dict:
+    """evaluate.classifier with the schema's defaults filled in (the workflow passes a validated
+    config; direct calls of the CLI and tests may pass some keys only)."""
+    return config.validate_section(copy.deepcopy(settings), "evaluate", "classifier")
+
+
+def build(heads: dict[str, int], settings: dict, seed: int, size: int) -> nn.Module:
+    """The classifier named by evaluate.classifier.backbone (small | a torchvision model) for
+    size x size images, initialised from `seed` (torch seeds each process at random: unseeded
+    initial weights would differ between two runs of the same job)."""
+    settings = with_defaults(settings)
     torch.manual_seed(seed)
-    backbone = settings.get("backbone", "small")
-    if backbone == "small":
+    if settings["backbone"] == "small":
         return SmallCNN(heads)
-    return BackboneClassifier(heads, backbone, settings.get("backbone_weights"))
+    return BackboneClassifier(heads, settings["backbone"], settings["backbone_weights"], size)
 
 
 def train(model: nn.Module, images: np.ndarray, targets: dict[str, np.ndarray], settings: dict,
-          size: int, seed: int) -> nn.Module:
-    """Fit all heads at once (summed cross-entropy), deterministically for a given seed on CPU
-    (on a GPU when one is visible). Returns the model in eval mode, on the CPU.
+          size: int, seed: int, after_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
+    """Fit all heads at once (summed cross-entropy) with AdamW (evaluate.classifier: learning
+    rate, betas, weight decay, one-cycle or constant schedule), deterministically for a given
+    seed on CPU (on a GPU when one is visible). Returns the model in eval mode, on the CPU.
 
-    images: uint8 [N, H, W, 3]; targets: label -> int64 [N] class indices.
+    images: uint8 [N, H, W, 3]; targets: label -> int64 [N] class indices. after_epoch(epoch,
+    mean loss), if given, is called after each epoch (1-based) with the model in eval mode.
     """
+    settings = with_defaults(settings)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     y_all = {k: torch.from_numpy(v.astype(np.int64)) for k, v in targets.items()}
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=1e-4)
+    rate = settings["learning_rate"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rate, betas=tuple(settings["betas"]),
+                                  weight_decay=settings["weight_decay"])
     batch, epochs, n = settings["batch_size"], settings["epochs"], len(x_all)
     steps = epochs * max(1, -(-n // batch))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["learning_rate"], total_steps=steps)
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, rate, total_steps=steps)
+                if settings["schedule"] == "one_cycle" else None)
     model.train()
     with tqdm(total=steps, desc="classifier", unit="step", mininterval=5) as bar:
-        for epoch in range(epochs):
+        for epoch in range(1, epochs + 1):
             order = torch.randperm(n, generator=generator)
             total = 0.0
             for start in range(0, n, batch):
@@ -145,16 +173,23 @@ def train(model: nn.Module, images: np.ndarray, targets: dict[str, np.ndarray], 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                schedule.step()
+                if schedule is not None:
+                    schedule.step()
                 total += loss.item() * len(index)
                 bar.update()
-            log.info("epoch %d/%d: mean summed cross-entropy %.4f", epoch + 1, epochs, total / n)
+            log.info("epoch %d/%d: mean summed cross-entropy %.4f", epoch, epochs, total / n)
+            if after_epoch is not None:
+                model.eval()
+                after_epoch(epoch, total / n)
+                model.train()
     return model.cpu().eval()
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, size: int, batch: int = 256):
-    """(features [N, F], label -> class probabilities [N, C]) as numpy arrays."""
+    """(features [N, F], label -> class probabilities [N, C]) as numpy arrays, on a GPU when one
+    is visible; the model is left on the device it came on."""
+    home = next(model.parameters()).device
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
@@ -164,7 +199,7 @@ def predict(model: nn.Module, images: np.ndarray, size: int, batch: int = 256):
         feats.append(features.cpu())
         for k, v in logits.items():
             probs.setdefault(k, []).append(v.softmax(dim=1).cpu())
-    model.cpu()
+    model.to(home)
     return (torch.cat(feats).numpy().astype(np.float64),
             {k: torch.cat(v).numpy().astype(np.float64) for k, v in probs.items()})
 

@@ -47,15 +47,19 @@ def read_table(path: str | Path, split: str | None, attributes: dict, labels: di
     return frame
 
 
-def load_images(frame: pd.DataFrame) -> np.ndarray:
-    """The table's images as uint8 [N, H, W, 3] (all images must share one size)."""
+def load_images(frame: pd.DataFrame, size: int | None = None) -> np.ndarray:
+    """The table's images as uint8 [N, H, W, 3] (all images must share one size), resized
+    (bilinear, antialiased) to size x size if given and different."""
     root = Path(frame.attrs["root"])
     arrays = []
     for image in frame["image"]:
         path = Path(image) if Path(image).is_absolute() else root / image
         try:
             with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+                img = img.convert("RGB")
+                if size is not None and img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(img, dtype=np.uint8))
         except OSError as err:
             raise FairDiffError(f"{path}: cannot read image ({err})") from err
     shapes = {a.shape for a in arrays}

@@ -1,9 +1,13 @@
 """`fairdiff semantic`: train on synthetic (or real) images, test on the real test split.
 
-One multi-head classifier (`cnn.py`; evaluate.classifier) is trained once on a training set
--- the real training split (reference, results/metrics/{dataset}/real/semantic.csv) or one
-run's images generated from the real training split's prompts (labels from prompts.csv) --
-and tested on the real test split. Per clinical label (`task`):
+A classifier (`cnn.py`; evaluate.classifier) is trained on a training set -- the real training
+split (reference, results/metrics/{dataset}/real/semantic.csv) or one run's images generated
+from the real training split's prompts (labels from prompts.csv) -- and tested on the real test
+split: one multi-head network for all labels, or one network per label (per_task). After every
+epoch each label's AUC on the real val split is computed; the test predictions are those of the
+last epoch or of each label's best-val-AUC epoch (select_epoch: best_val_auc, the authors'
+selection; the first such epoch on ties). --epochs-out records every epoch's val AUC and the
+chosen one. Per clinical label (`task`):
 
 - AUC: one-vs-rest macro AUC = mean over classes c of the binary AUC of (y == c, p_c) (for two
   classes this is the ordinary binary AUC; with every class present it equals scikit-learn's
@@ -148,21 +152,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output semantic.csv")
     parser.add_argument("--predictions", required=True,
                         help="output CSV of per-image test probabilities (id, label:class columns)")
+    parser.add_argument("--epochs-out", default=None,
+                        help="output CSV: task, epoch, train_loss, val_AUC, selected")
+
+
+def fit(heads: dict[str, int], train: tuple, val: tuple, test_images: np.ndarray,
+        settings: dict, size: int, seed: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Train one classifier with a head per label in `heads` (train, val: (uint8 images, label
+    -> class indices)); return each label's test probabilities at its chosen epoch, and one
+    record per epoch and label (train_loss, val_AUC, selected)."""
+    model = cnn.build(heads, settings, seed, size)
+    records, best, chosen = [], {}, {}
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        _, val_probs = cnn.predict(model, val[0], size)
+        improved = []
+        for label in heads:
+            value = auc(val[1][label], val_probs[label])
+            records.append({"task": label, "epoch": epoch, "train_loss": loss, "val_AUC": value})
+            if value > best.get(label, -math.inf):  # nan (a single class in val) never improves
+                best[label] = value
+                improved.append(label)
+        if settings["select_epoch"] == "best_val_auc" and improved:
+            _, test_probs = cnn.predict(model, test_images, size)
+            chosen.update({label: (epoch, test_probs[label]) for label in improved})
+
+    cnn.train(model, *train, settings, size, seed, after_epoch=after_epoch)
+    if settings["select_epoch"] == "last":
+        _, test_probs = cnn.predict(model, test_images, size)
+        chosen = {label: (settings["epochs"], test_probs[label]) for label in heads}
+    missing = [label for label in heads if label not in chosen]
+    if missing:
+        raise FairDiffError(f"evaluate.classifier.select_epoch: best_val_auc needs a val AUC, but "
+                            f"the real val split holds a single class of {', '.join(missing)}")
+    for record in records:
+        record["selected"] = record["epoch"] == chosen[record["task"]][0]
+    return {label: probs for label, (_, probs) in chosen.items()}, records
 
 
 def run(args: argparse.Namespace) -> None:
     runtime.set_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
-    size, settings = args.dataset["resolution"], args.evaluate["classifier"]
+    settings = cnn.with_defaults(args.evaluate["classifier"])
+    size = settings["resolution"] or args.dataset["resolution"]
     train_rows = images.read_table(args.train, args.train_split, attributes, labels)
+    val_rows = images.read_table(args.manifest, "val", attributes, labels)
     test_rows = images.read_table(args.manifest, "test", attributes, labels)
-    log.info("training the classifier on %d images of %s", len(train_rows), train_rows.attrs["source"])
-    model = cnn.build({k: len(v) for k, v in labels.items()}, settings, args.seed)
-    cnn.train(model, images.load_images(train_rows), cnn.encode_targets(train_rows, labels),
-              settings, size, args.seed)
-    _, probs = cnn.predict(model, images.load_images(test_rows), size)
+    # resized once at loading, as the authors' loaders (10000 train images at 512 px: 7.9 GB)
+    train = (images.load_images(train_rows, size), cnn.encode_targets(train_rows, labels))
+    val = (images.load_images(val_rows, size), cnn.encode_targets(val_rows, labels))
+    test_images = images.load_images(test_rows, size)
+    heads = {k: len(v) for k, v in labels.items()}
+    groups = [{k: n} for k, n in heads.items()] if settings["per_task"] else [heads]
+    probs, records = {}, []
+    for group in groups:
+        log.info("training a %s classifier (%s) at %d px on %d images of %s", settings["backbone"],
+                 ", ".join(group), size, len(train_rows), train_rows.attrs["source"])
+        group_probs, group_records = fit(group, train, val, test_images, settings, size, args.seed)
+        probs.update(group_probs)
+        records += group_records
     context = {"dataset": args.name, "method": args.method, "seed": args.seed,
-               "extractor": settings.get("backbone", "small")}
+               "extractor": settings["backbone"]}
     rows = evaluate(test_rows, probs, labels, attributes, args.evaluate["alpha"],
                     args.evaluate["bootstrap"], args.seed, context)
     predictions = pd.DataFrame({"id": test_rows["id"]})
@@ -170,5 +220,11 @@ def run(args: argparse.Namespace) -> None:
         for i, c in enumerate(classes):
             predictions[f"{label}:{c}"] = probs[label][:, i]
     io.write_csv(args.predictions, predictions)
+    if args.epochs_out is not None:
+        epochs = pd.DataFrame(records)
+        epochs.insert(0, "seed", args.seed)
+        epochs.insert(0, "method", args.method)
+        epochs.insert(0, "dataset", args.name)
+        io.write_csv(args.epochs_out, epochs)
     io.write_csv(args.out, tidy.frame(rows))
     io.write_run_info_beside(args.out, args)
