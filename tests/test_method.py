@@ -57,32 +57,43 @@ def test_pure_pieces_match_an_independent_reimplementation():
                 for i in range(12)]
     assert M.perturbation_weights(groups, sigma, z).tolist() == pytest.approx(expected)
 
-    gaps = []
-    for a, size in enumerate(SIZES):
-        means = [float(losses[groups[:, a] == g].mean()) for g in range(size)
-                 if bool((groups[:, a] == g).any())]
-        gaps.append(max(means) - min(means) if len(means) >= 2 else 0.0)
-    y, got = M.fairness_objective(losses, groups, SIZES)
-    assert got.tolist() == pytest.approx(gaps)
-    assert y == pytest.approx(-sum(gaps))
+    # 12 samples: every group present; 3: some absent (the two rules then differ)
+    for n, absent in itertools.product((12, 3), ("zero", "skip")):
+        gaps = []
+        for a, size in enumerate(SIZES):
+            means = [float(losses[:n][groups[:n, a] == g].mean()) for g in range(size)
+                     if bool((groups[:n, a] == g).any())]
+            complete = len(means) == size if absent == "zero" else len(means) >= 2
+            gaps.append(max(means) - min(means) if complete else 0.0)
+        assert M.group_gaps(losses[:n], groups[:n], SIZES, absent).tolist() == \
+            pytest.approx(gaps)
 
     s, u = torch.rand(7, generator=gen), torch.rand(7, generator=gen)
     assert M.refresh(s, u, 0.95).tolist() == pytest.approx(
         [0.95 * a + 0.05 * b for a, b in zip(s.tolist(), u.tolist())])
 
 
-def test_objective_hand_example_with_missing_group():
-    # race: Asian {1, 2}, Black {3, 5}, White absent -> means 1.5, 4 -> gap 2.5
-    # gender: Female only -> fewer than 2 groups present -> 0
-    # ethnicity: Non-Hispanic {1, 3, 5} mean 3, Hispanic {2} -> gap 1
+@pytest.mark.parametrize("absent, expected", [
+    # race: Asian {1, 2} mean 1.5, Black {3, 5} mean 4, White absent
+    #   zero (the authors' rule): White's mean is NaN -> gap 0; skip: 4 - 1.5 = 2.5
+    # gender: Female only -> 0 under both rules (Male absent; one group present)
+    # ethnicity: Non-Hispanic {1, 3, 5} mean 3, Hispanic {2} -> gap 1 (all groups present)
+    ("zero", [0.0, 0.0, 1.0]),
+    ("skip", [2.5, 0.0, 1.0]),
+])
+def test_objective_hand_example_with_absent_group(absent, expected):
     losses = torch.tensor([1.0, 2.0, 3.0, 5.0])
     groups = torch.tensor([[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 0]])
-    y, gaps = M.fairness_objective(losses, groups, SIZES)
-    assert gaps.tolist() == [2.5, 0.0, 1.0]
-    assert y == -3.5
+    assert M.group_gaps(losses, groups, SIZES, absent).tolist() == expected
     # a single sample or an empty batch: every attribute contributes 0, never NaN
-    assert M.fairness_objective(losses[:1], groups[:1], SIZES)[0] == 0.0
-    assert M.fairness_objective(losses[:0], groups[:0], SIZES)[0] == 0.0
+    assert M.group_gaps(losses[:1], groups[:1], SIZES, absent).tolist() == [0.0] * 3
+    assert M.group_gaps(losses[:0], groups[:0], SIZES, absent).tolist() == [0.0] * 3
+    # the arm's trajectory: y = -(sum of the gaps) under the configured rule
+    weighting = M.make_weighting("fairdiffusion", ATTRS, {"absent_groups": absent}, seed=0)
+    weighting.observe(losses, groups, torch.zeros(4, dtype=torch.long), 0)
+    row = weighting.trajectory[-1]
+    assert [row["gap_race"], row["gap_gender"], row["gap_ethnicity"]] == expected
+    assert row["y"] == -sum(expected)
 
 
 def test_weights_mean_one_and_variance_is_sum_of_squared_sigmas():

@@ -25,8 +25,13 @@ what the GP is fitted to differ.
 Order within one step t (t = number of observe() calls before this one, from 0):
   1. weights(): w_i = 1 + sum_a sigma_t[a, g_a(i)] z_ia, z fresh from the per-rank stream.
   2. the training loop optimises mean_i(w_i l_i).
-  3. observe(): y_t from the unweighted gathered losses; the pair (sigma_t, y_t) is recorded, so
-     the recorded sigma is the one that produced this step's weights.
+  3. observe(): y_t = -sum_a gap_a from the unweighted gathered losses, gap_a = max_g - min_g of
+     the group mean losses of attribute a; the pair (sigma_t, y_t) is recorded, so the recorded
+     sigma is the one that produced this step's weights. An attribute with any of its groups
+     absent from the gathered batch contributes gap 0 (fair_bayes.absent_groups: zero, the
+     default and the authors' rule, train_text_to_image_proposed.py:1034-1043: the empty
+     group's mean is NaN, so is the gap, which is set to 0); `skip` instead takes the gap over
+     the groups present (0 with fewer than 2), an option beyond the paper.
   4. if (t + 1) % time_window == 0: fit the GP to the window's pairs, sigma := argmax UCB,
      broadcast from process 0, history cleared (also when the update is skipped).
   5. sigma_{t+1} = rho * sigma + (1 - rho) * u_t, u_t ~ U(0,1)^D, applied every step, also right
@@ -74,7 +79,10 @@ DEFAULT_SETTINGS = {
     "num_restarts": 5,
     "raw_samples": 20,
     "attributes": None,
+    "absent_groups": "zero",
 }
+# fair_bayes.absent_groups: how an attribute with a group absent from the batch enters y.
+ABSENT_RULES = ("zero", "skip")
 # fairdiffusion_vr only (beyond the paper): timestep buckets and their running-mean momentum.
 VR_BUCKETS = 10
 VR_MOMENTUM = 0.98
@@ -100,10 +108,16 @@ def perturbation_weights(groups: torch.Tensor, sigma_per_attr: Sequence[torch.Te
     return w
 
 
-def group_gaps(losses: torch.Tensor, groups: torch.Tensor,
-               group_sizes: Sequence[int]) -> torch.Tensor:
-    """Per attribute, max_g mean(l | g) - min_g mean(l | g) over the groups present; an attribute
-    with fewer than 2 groups present gets 0. Returns float64 [A]."""
+def group_gaps(losses: torch.Tensor, groups: torch.Tensor, group_sizes: Sequence[int],
+               absent: str = "zero") -> torch.Tensor:
+    """Per attribute, max_g mean(l | g) - min_g mean(l | g). Returns float64 [A].
+
+    absent = "zero" (the authors' rule, train_text_to_image_proposed.py:1034-1043): an attribute
+    with any of its groups absent from the batch gets 0 (the empty group's mean is NaN, so is
+    the gap, which is then set to 0). absent = "skip": the gap over the groups present; an
+    attribute with fewer than 2 groups present gets 0."""
+    if absent not in ABSENT_RULES:
+        raise ValueError(f"absent: expected one of {ABSENT_RULES}, got {absent!r}")
     # All attributes at once on an [A, max groups] grid (a handful of ops per step, not per
     # attribute); padding cells never hold a sample, so they count as absent groups.
     n_attr, width = len(group_sizes), max(group_sizes)
@@ -115,14 +129,12 @@ def group_gaps(losses: torch.Tensor, groups: torch.Tensor,
     means = sums / counts.clamp(min=1)
     highest = torch.where(present, means, -math.inf).amax(dim=1)
     lowest = torch.where(present, means, math.inf).amin(dim=1)
-    return torch.where(present.sum(dim=1) >= 2, highest - lowest, 0.0).to(torch.float64)
-
-
-def fairness_objective(losses: torch.Tensor, groups: torch.Tensor,
-                       group_sizes: Sequence[int]) -> tuple[float, torch.Tensor]:
-    """y = -sum_a gap_a (higher is fairer); returns (y, gaps [A])."""
-    gaps = group_gaps(losses, groups, group_sizes)
-    return -float(gaps.sum()), gaps
+    if absent == "zero":
+        padding = torch.arange(width) >= torch.tensor(list(group_sizes))[:, None]
+        counted = (present | padding).all(dim=1)
+    else:
+        counted = present.sum(dim=1) >= 2
+    return torch.where(counted, highest - lowest, 0.0).to(torch.float64)
 
 
 def refresh(sigma: torch.Tensor, u: torch.Tensor, rate: float) -> torch.Tensor:
@@ -266,6 +278,8 @@ def _check_settings(settings: dict | None, attributes: dict) -> dict:
     for key in ("num_restarts", "raw_samples"):
         if not (isinstance(settings[key], int) and settings[key] >= 1):
             raise FairDiffError(f"fair_bayes.{key}: expected a positive integer")
+    if settings["absent_groups"] not in ABSENT_RULES:
+        raise FairDiffError(f"fair_bayes.absent_groups: expected one of {list(ABSENT_RULES)}")
     chosen = settings["attributes"]
     if chosen is not None:
         bad = [a for a in chosen if a not in attributes]
@@ -364,14 +378,16 @@ class FairBayesWeighting:
         if not len(losses) == len(groups) == len(timesteps):
             raise ValueError(f"observe: {len(losses)} losses, {len(groups)} group rows and "
                              f"{len(timesteps)} timesteps; expected equal lengths")
-        gaps = group_gaps(losses, groups, self.group_sizes)
+        absent = self.settings["absent_groups"]
+        gaps = group_gaps(losses, groups, self.group_sizes, absent)
         y = -float(gaps[self.selected].sum())  # the paper's y over the perturbed attributes
         note = ""
         if bool(torch.isfinite(losses).all()):
             self.vr_means, self.vr_counts = update_bucket_means(
                 self.vr_means, self.vr_counts, losses, timestep_buckets(timesteps))
             normalised = losses / self.vr_means[timestep_buckets(timesteps)].clamp(min=1e-12)
-            y_vr = -float(group_gaps(normalised, groups, self.group_sizes)[self.selected].sum())
+            y_vr = -float(group_gaps(normalised, groups, self.group_sizes,
+                                     absent)[self.selected].sum())
         else:
             y_vr = math.nan
             note = "non-finite loss: pair not recorded"
