@@ -25,10 +25,12 @@ BO_TARGET_S = 0.5
 
 def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
     """(median wall-clock seconds, mean CPU seconds) per step."""
+    from fairdiffusion.config import section_defaults
     from fairdiffusion.method import make_weighting
 
     # A window longer than the run: no BO update is timed here.
-    weighting = make_weighting(arm, ATTRIBUTES, {"time_window": steps + 1}, seed=0)
+    weighting = make_weighting(arm, ATTRIBUTES,
+                               section_defaults("fair_bayes", {"time_window": steps + 1}), seed=0)
     gen = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(steps):
@@ -48,12 +50,14 @@ def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
 
 def per_bo_seconds(repeats: int, points: int) -> tuple[float, float]:
     """(median wall-clock seconds, median CPU seconds) per BO update (after one warm-up)."""
-    from fairdiffusion.method import DEFAULT_SETTINGS, bo_propose
+    from fairdiffusion.config import section_defaults
+    from fairdiffusion.method import bo_propose
 
+    settings = section_defaults("fair_bayes")
     gen = torch.Generator().manual_seed(0)
     dim = sum(len(g) for g in ATTRIBUTES.values())
     bo_propose(torch.rand(points, dim, dtype=torch.float64, generator=gen),
-               torch.randn(points, dtype=torch.float64, generator=gen), DEFAULT_SETTINGS, 0)
+               torch.randn(points, dtype=torch.float64, generator=gen), settings, 0)
     times, cpu = [], []
     for seed in range(repeats):
         X = torch.rand(points, dim, dtype=torch.float64, generator=gen)
@@ -61,7 +65,7 @@ def per_bo_seconds(repeats: int, points: int) -> tuple[float, float]:
         Y = -0.36 - 0.1 * (X - 0.5).pow(2).sum(1) + 0.2 * torch.randn(points, generator=gen,
                                                                        dtype=torch.float64)
         start, cpu_start = time.perf_counter(), time.process_time()
-        bo_propose(X, Y, DEFAULT_SETTINGS, seed)
+        bo_propose(X, Y, settings, seed)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return statistics.median(times), statistics.median(cpu)

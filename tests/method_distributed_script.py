@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast, gather
 
+from fairdiffusion.config import section_defaults
 from fairdiffusion.method import make_weighting
 
 ATTRIBUTES = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
@@ -29,7 +30,8 @@ def main(out: Path) -> None:
         broadcasts.append(accelerator.step)
         return broadcast(tensor, from_process=0)
 
-    weighting = make_weighting("fairdiffusion", ATTRIBUTES, {"time_window": 10}, seed=3,
+    weighting = make_weighting("fairdiffusion", ATTRIBUTES,
+                               section_defaults("fair_bayes", {"time_window": 10}), seed=3,
                                rank=rank, broadcast=from_process_0)
     data = torch.Generator().manual_seed(100 + rank)
     probe = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 0, 1]])

@@ -10,11 +10,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fairdiffusion import method as M
+from fairdiffusion.config import section_defaults
 from fairdiffusion.errors import FairDiffError
 
 ATTRS = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
          "ethnicity": ["Non-Hispanic", "Hispanic"]}
 SIZES = [3, 2, 2]
+FAIR_BAYES = section_defaults("fair_bayes")  # the schema's defaults: the pure module has none
+
+
+def fb(**overrides):
+    return {**FAIR_BAYES, **overrides}
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +95,7 @@ def test_objective_hand_example_with_absent_group(absent, expected):
     assert M.group_gaps(losses[:1], groups[:1], SIZES, absent).tolist() == [0.0] * 3
     assert M.group_gaps(losses[:0], groups[:0], SIZES, absent).tolist() == [0.0] * 3
     # the arm's trajectory: y = -(sum of the gaps) under the configured rule
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"absent_groups": absent}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(absent_groups=absent), seed=0)
     weighting.observe(losses, groups, torch.zeros(4, dtype=torch.long), 0)
     row = weighting.trajectory[-1]
     assert [row["gap_race"], row["gap_gender"], row["gap_ethnicity"]] == expected
@@ -97,7 +103,7 @@ def test_objective_hand_example_with_absent_group(absent, expected):
 
 
 def test_weights_mean_one_and_variance_is_sum_of_squared_sigmas():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {}, seed=1)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=1)
     weighting.sigma = torch.tensor([0.2, 0.9, 0.5, 0.7, 0.1, 0.3, 1.0], dtype=torch.float64)
     combos = torch.tensor(list(itertools.product(range(3), range(2), range(2))))
     n = 20000
@@ -110,7 +116,7 @@ def test_weights_mean_one_and_variance_is_sum_of_squared_sigmas():
 
 
 def test_refresh_draws_are_uniform_and_keep_sigma_in_unit_cube():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 1000}, seed=2)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=1000), seed=2)
     sigmas, _ = run_steps(weighting, torch.Generator().manual_seed(2), 200)
     sigmas = torch.stack(sigmas)
     assert bool(((sigmas >= 0) & (sigmas <= 1)).all())
@@ -138,11 +144,11 @@ def test_arms_differ_only_in_the_weighting():
     # fairdiffusion with exploitation_rate 1 keeps sigma = 1 (its BO updates are skipped: all
     # points are the same), so its weights must be the random arm's at every step.
     arms = {
-        "baseline": M.make_weighting("baseline", ATTRS, {"time_window": 10}, seed=5),
-        "random": M.make_weighting("random", ATTRS, {"time_window": 10}, seed=5),
+        "baseline": M.make_weighting("baseline", ATTRS, fb(time_window=10), seed=5),
+        "random": M.make_weighting("random", ATTRS, fb(time_window=10), seed=5),
         "sigma1": M.make_weighting("fairdiffusion", ATTRS,
-                                   {"time_window": 10, "exploitation_rate": 1.0}, seed=5),
-        "fairdiffusion": M.make_weighting("fairdiffusion", ATTRS, {"time_window": 10}, seed=5),
+                                   fb(time_window=10, exploitation_rate=1.0), seed=5),
+        "fairdiffusion": M.make_weighting("fairdiffusion", ATTRS, fb(time_window=10), seed=5),
     }
     out = {name: run_steps(w, torch.Generator().manual_seed(9), 25)[1] for name, w in arms.items()}
     assert all(bool((w == 1).all()) for w in out["baseline"])
@@ -166,7 +172,7 @@ def test_arms_differ_only_in_the_weighting():
 
 def test_negative_weights_keep_the_loss_finite():
     torch.manual_seed(0)
-    weighting = M.make_weighting("random", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("random", ATTRS, fb(), seed=0)
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(0)
@@ -188,7 +194,7 @@ def test_negative_weights_keep_the_loss_finite():
 
 
 def test_attribute_subset_perturbs_only_its_groups():
-    settings = {"attributes": ["race"], "time_window": 10}
+    settings = fb(attributes=["race"], time_window=10)
     a = M.make_weighting("fairdiffusion", ATTRS, settings, seed=4)
     b = M.make_weighting("fairdiffusion", ATTRS, settings, seed=4)
     assert a.dim == 3
@@ -207,7 +213,7 @@ def test_attribute_subset_perturbs_only_its_groups():
 
 def test_vr_arm_fits_the_variance_reduced_objective():
     for arm, key in (("fairdiffusion", "y"), ("fairdiffusion_vr", "y_vr")):
-        weighting = M.make_weighting(arm, ATTRS, {"time_window": 10}, seed=6)
+        weighting = M.make_weighting(arm, ATTRS, fb(time_window=10), seed=6)
         run_steps(weighting, torch.Generator().manual_seed(6), 10)
         rows = weighting.trajectory
         bo = [r for r in rows if r["kind"] == "bo_update"]
@@ -218,7 +224,7 @@ def test_vr_arm_fits_the_variance_reduced_objective():
 
 
 def test_non_finite_losses_are_noted_and_not_recorded():
-    weighting = M.make_weighting("fairdiffusion_vr", ATTRS, {"time_window": 3}, seed=0)
+    weighting = M.make_weighting("fairdiffusion_vr", ATTRS, fb(time_window=3), seed=0)
     gen = torch.Generator().manual_seed(0)
     run_steps(weighting, gen, 1)
     groups, losses, timesteps = random_batch(gen)
@@ -241,7 +247,7 @@ def test_bo_propose_stays_in_bounds_without_input_data_warning():
     gen = torch.Generator().manual_seed(3)
     X = torch.rand(30, 7, generator=gen, dtype=torch.float64)
     Y = -((X - 0.3) ** 2).sum(1) + 0.01 * torch.randn(30, generator=gen, dtype=torch.float64)
-    settings = dict(M.DEFAULT_SETTINGS)
+    settings = fb()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = M.bo_propose(X, Y, settings, seed=11)
@@ -259,7 +265,7 @@ def test_bo_propose_stays_in_bounds_without_input_data_warning():
 
 
 def test_bo_propose_skips_degenerate_histories():
-    settings = dict(M.DEFAULT_SETTINGS)
+    settings = fb()
     same = torch.full((5, 3), 0.5, dtype=torch.float64)
     skip = M.bo_propose(same, torch.arange(5.0), settings, seed=0)
     assert skip.sigma is None and "fewer than 2 distinct" in skip.note
@@ -269,7 +275,7 @@ def test_bo_propose_skips_degenerate_histories():
 
 def test_zero_variance_objective_is_skipped_and_noted():
     # every batch has a single group per attribute: y = 0 at every step
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 5}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=5), seed=0)
     for step in range(5):
         groups = torch.zeros(8, 3, dtype=torch.long)
         sigma_before = weighting.sigma.clone()
@@ -287,7 +293,7 @@ def test_gp_fit_failure_keeps_sigma_and_is_noted(monkeypatch):
         raise ModelFittingError("All attempts to fit the model have failed.")
 
     monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", failing_fit)
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 5}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=5), seed=0)
     run_steps(weighting, torch.Generator().manual_seed(0), 4)
     kept = weighting.sigma.clone()
     run_steps(weighting, torch.Generator().manual_seed(1), 1, start=4)
@@ -319,7 +325,7 @@ def test_bo_moves_sigma_towards_the_optimum_of_a_synthetic_objective():
     attrs = {"race": ATTRS["race"], "gender": ATTRS["gender"]}
     target = torch.tensor([0.2, 0.8, 0.3, 0.7, 0.5], dtype=torch.float64)
     combos = torch.tensor(list(itertools.product(range(3), range(2))))
-    weighting = M.make_weighting("fairdiffusion", attrs, {"time_window": 10}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", attrs, fb(time_window=10), seed=0)
     noise = torch.Generator().manual_seed(100)
     for step in range(60):
         noise_draw = float(torch.rand(1, generator=noise))
@@ -342,14 +348,14 @@ def test_bo_moves_sigma_towards_the_optimum_of_a_synthetic_objective():
 def test_same_seed_same_run_and_other_seed_differs():
     runs = []
     for seed in (7, 7, 8):
-        weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 10}, seed=seed)
+        weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=10), seed=seed)
         runs.append(torch.stack(run_steps(weighting, torch.Generator().manual_seed(0), 15)[0]))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
 
 def test_gradient_accumulation_draws_fresh_z_per_call():
-    weighting = M.make_weighting("random", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("random", ATTRS, fb(), seed=0)
     groups = torch.zeros(4, 3, dtype=torch.long)
     assert not torch.equal(weighting.weights(groups), weighting.weights(groups))
 
@@ -357,7 +363,7 @@ def test_gradient_accumulation_draws_fresh_z_per_call():
 def test_resume_continues_identically(tmp_path):
     # the vr arm: its state is a superset (bucket running means drive its objective)
     arm = "fairdiffusion_vr"
-    settings = {"time_window": 20}
+    settings = fb(time_window=20)
     straight = M.make_weighting(arm, ATTRS, settings, seed=3)
     sigmas_a, weights_a = run_steps(straight, torch.Generator().manual_seed(0), 100)
     rows_a = straight.pop_trajectory()
@@ -389,12 +395,12 @@ def test_resume_continues_identically(tmp_path):
 
 
 def test_load_state_dict_rejects_a_mismatched_state():
-    state = M.make_weighting("fairdiffusion", ATTRS, {}, seed=0).state_dict()
-    race_only = M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, {}, seed=0)
+    state = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=0).state_dict()
+    race_only = M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, fb(), seed=0)
     with pytest.raises(FairDiffError, match="method state"):
         race_only.load_state_dict(state)
     with pytest.raises(FairDiffError, match="method state"):
-        M.make_weighting("random", ATTRS, {}, seed=0).load_state_dict(state)
+        M.make_weighting("random", ATTRS, fb(), seed=0).load_state_dict(state)
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -402,18 +408,37 @@ def test_load_state_dict_rejects_a_mismatched_state():
 
 @pytest.mark.parametrize("method, settings, message", [
     ("fair", {}, "method 'fair'"),
-    ("fairdiffusion", {"window": 3}, "unknown key"),
+    ("fairdiffusion", {"window": 3}, r"unknown key\(s\) \['window'\]"),
     ("fairdiffusion", {"attributes": ["age"]}, "fair_bayes.attributes"),
     ("fairdiffusion", {"exploitation_rate": 1.5}, "fair_bayes.exploitation_rate"),
     ("fairdiffusion", {"time_window": 1}, "fair_bayes.time_window"),
 ])
 def test_bad_settings_name_the_key(method, settings, message):
     with pytest.raises(FairDiffError, match=message):
-        M.make_weighting(method, ATTRS, settings, seed=0)
+        M.make_weighting(method, ATTRS, fb(**settings), seed=0)
+
+
+def test_settings_are_explicit():
+    # the pure module holds no defaults (the schema does): a missing key is named
+    partial = {k: v for k, v in FAIR_BAYES.items() if k != "ucb_beta"}
+    with pytest.raises(FairDiffError, match=r"missing key\(s\) \['ucb_beta'\]"):
+        M.make_weighting("fairdiffusion", ATTRS, partial, seed=0)
+
+
+def test_registry_names_every_arm_and_drives_it():
+    assert set(M.ARMS) >= {"baseline", "fairdiffusion", "random", "fairdiffusion_vr"}
+    for name, arm in M.ARMS.items():
+        assert arm.name == name
+        weighting = M.make_weighting(name, ATTRS, fb(), seed=0)
+        assert weighting.optimises == arm.optimises
+        assert weighting.sigma.tolist() == [arm.initial_sigma] * 7
+        assert (arm.objective is not None) == arm.optimises
+        assert arm.control is None or arm.control in M.ARMS
+    assert [a.name for a in M.ARMS.values() if a.reference] == ["baseline"]
 
 
 def test_bad_groups_are_rejected():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=0)
     with pytest.raises(ValueError, match="outside"):
         weighting.weights(torch.tensor([[3, 0, 0]]))
     with pytest.raises(ValueError, match="shape"):

@@ -47,15 +47,42 @@ def _message(error) -> str:
     return f"config key '{_key(error)}': {error.message}"
 
 
+def _validator(schema: dict):
+    return _with_defaults(jsonschema.validators.validator_for(schema))(schema)
+
+
+def _check_arms(config: dict) -> None:
+    """`methods` names registered arms (method.ARMS owns the list, the schema only the type)."""
+    from .method import ARMS
+
+    for i, name in enumerate(config.get("methods", [])):
+        if name not in ARMS:
+            raise FairDiffError(f"config key 'methods.{i}': '{name}' is not an arm; expected one "
+                                f"of {list(ARMS)} (fairdiffusion.method.ARMS)")
+
+
 def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place, filling defaults; raise FairDiffError naming the bad key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator = _with_defaults(validator_class)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
     if error is not None:
         raise FairDiffError(_message(error))
+    _check_arms(config)
     return config
+
+
+def section_defaults(name: str, values: dict | None = None, schema_path: str | Path = SCHEMA
+                     ) -> dict:
+    """One top-level section (e.g. fair_bayes) validated, with the schema's defaults filled in
+    (for callers outside a validated config: a CLI run by hand, tests, bench scripts)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    wrapper = {"$defs": schema.get("$defs", {}), "type": "object",
+               "properties": {name: schema["properties"][name]}}
+    instance = {name: dict(values or {})}
+    error = jsonschema.exceptions.best_match(_validator(wrapper).iter_errors(instance))
+    if error is not None:
+        raise FairDiffError(_message(error))
+    return instance[name]
 
 
 def load(path: str | Path) -> dict:

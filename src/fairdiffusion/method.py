@@ -62,6 +62,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -71,16 +72,46 @@ from .errors import FairDiffError
 
 log = logging.getLogger(__name__)
 
-ARMS = ("baseline", "fairdiffusion", "random", "fairdiffusion_vr")
-DEFAULT_SETTINGS = {
-    "time_window": 30,
-    "exploitation_rate": 0.95,
-    "ucb_beta": 0.1,
-    "num_restarts": 5,
-    "raw_samples": 20,
-    "attributes": None,
-    "absent_groups": "zero",
-}
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison. Everything that differs between arms is a field here, so an
+    arm is added by one entry in ARMS (and, for a new kind of weighting, its branch in
+    FairBayesWeighting.weights)."""
+
+    name: str
+    optimises: bool          # sigma driven by BO (a GP fitted to `objective`; a trajectory)
+    initial_sigma: float     # sigma at step 0 (0: the perturbation is off, w = 1 + 0 * z)
+    objective: str | None    # the trajectory column the GP is fitted to (y, y_vr); None: no BO
+    loss: str = "uniform"    # per-sample loss weights: uniform or perturbation
+    reference: bool = False  # the plain arm every other arm is paired with (tables, study)
+    control: str | None = None  # the arm this one is also compared with in the study
+    summary: str = ""
+
+
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("baseline", optimises=False, initial_sigma=0.0, objective=None, reference=True,
+        summary="plain fine-tuning, w = 1"),
+    Arm("fairdiffusion", optimises=True, initial_sigma=1.0, objective="y", loss="perturbation",
+        control="random", summary="the paper: sigma chosen by BO of y"),
+    Arm("random", optimises=False, initial_sigma=1.0, objective=None, loss="perturbation",
+        summary="the paper's ablation: sigma fixed at 1, no BO"),
+    Arm("fairdiffusion_vr", optimises=True, initial_sigma=1.0, objective="y_vr",
+        loss="perturbation", control="random",
+        summary="fairdiffusion fitted to the variance-reduced y_vr (beyond the paper)"),
+)}
+
+
+def arm(name: str) -> Arm:
+    """The registered arm `name`; a FairDiffError naming the registered ones otherwise."""
+    if name not in ARMS:
+        raise FairDiffError(f"method '{name}': expected one of {list(ARMS)}")
+    return ARMS[name]
+
+
+# The fair_bayes keys (their defaults and meaning: workflow/schemas/config.schema.yaml).
+SETTINGS = ("time_window", "exploitation_rate", "ucb_beta", "num_restarts", "raw_samples",
+            "attributes", "absent_groups")
 # fair_bayes.absent_groups: how an attribute with a group absent from the batch enters y.
 ABSENT_RULES = ("zero", "skip")
 # fairdiffusion_vr only (beyond the paper): timestep buckets and their running-mean momentum.
@@ -263,12 +294,14 @@ def _fit_and_maximise(X: torch.Tensor, Y: torch.Tensor, settings: dict, seed: in
 # The stateful hook used by the training loop.
 
 
-def _check_settings(settings: dict | None, attributes: dict) -> dict:
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise FairDiffError(f"fair_bayes: unknown key(s) {unknown}; expected "
-                            f"{sorted(DEFAULT_SETTINGS)}")
+def _check_settings(settings: dict, attributes: dict) -> dict:
+    problems = [f"{what} key(s) {keys}" for what, keys in (
+        ("missing", sorted(set(SETTINGS) - set(settings))),
+        ("unknown", sorted(set(settings) - set(SETTINGS)))) if keys]
+    if problems:
+        raise FairDiffError(f"fair_bayes: {'; '.join(problems)}; expected {sorted(SETTINGS)} "
+                            f"(config.section_defaults fills in the schema's defaults)")
+    settings = dict(settings)
     if not (isinstance(settings["time_window"], int) and settings["time_window"] >= 2):
         raise FairDiffError("fair_bayes.time_window: expected an integer >= 2")
     if not 0.0 <= float(settings["exploitation_rate"]) <= 1.0:
@@ -292,11 +325,10 @@ def _check_settings(settings: dict | None, attributes: dict) -> dict:
 class FairBayesWeighting:
     """State of one arm on one rank; see the module docstring for the order within a step."""
 
-    def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict | None,
+    def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict,
                  seed: int, rank: int = 0,
                  broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if method not in ARMS:
-            raise FairDiffError(f"method '{method}': expected one of {list(ARMS)}")
+        self.arm = arm(method)
         if not attributes or any(len(g) < 1 for g in attributes.values()):
             raise FairDiffError("attributes: expected at least one attribute with its groups")
         if int(seed) < 0 or int(rank) < 0:
@@ -314,9 +346,8 @@ class FairBayesWeighting:
         self.selected = [i for i, a in enumerate(names) if a in chosen]
         self._sizes_sel = [self.group_sizes[i] for i in self.selected]
         self.dim = sum(self._sizes_sel)
-        self.optimises = method in ("fairdiffusion", "fairdiffusion_vr")
-        self.sigma = torch.full((self.dim,), 0.0 if method == "baseline" else 1.0,
-                                dtype=torch.float64)
+        self.optimises = self.arm.optimises
+        self.sigma = torch.full((self.dim,), self.arm.initial_sigma, dtype=torch.float64)
         self.columns = (["step", "kind"]
                         + [f"sigma_{names[i]}_{g}" for i in self.selected
                            for g in self.attributes[names[i]]]
@@ -359,7 +390,7 @@ class FairBayesWeighting:
         """Per-sample loss weights [B] (float32, on groups' device) for the local batch."""
         device = groups.device
         groups = self._check_groups(groups)
-        if self.method == "baseline":
+        if self.arm.loss == "uniform":
             return torch.ones(len(groups), device=device)
         gen = self._generator(_STREAM_Z, self.rank, self._steps, self._calls)
         self._calls += 1
@@ -391,7 +422,7 @@ class FairBayesWeighting:
         else:
             y_vr = math.nan
             note = "non-finite loss: pair not recorded"
-        objective = y_vr if self.method == "fairdiffusion_vr" else y
+        objective = {"y": y, "y_vr": y_vr}.get(self.arm.objective, math.nan)
         mean_loss = float(losses.mean()) if len(losses) else math.nan
         if self.optimises and math.isfinite(objective):
             self._history["sigma"].append(self.sigma.clone())
@@ -493,7 +524,7 @@ class FairBayesWeighting:
         self._rows = []
 
 
-def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict | None,
+def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict,
                    seed: int, rank: int = 0,
                    broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> FairBayesWeighting:

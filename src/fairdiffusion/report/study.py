@@ -19,8 +19,9 @@ measured row, FID/KID overall, by group, ES and gap (quality.csv), train-on-synt
 ES-AUC and AUC-gap (semantic.csv), the BO objective's signal-to-noise and the final sigma of
 every group (bo_trajectory.csv), training seconds (run_info.json).
 
-Comparisons: every arm vs study.baseline; each BO arm (fairdiffusion, fairdiffusion_vr) also vs
-random when random ran (does the BO add anything over random weights?).
+Comparisons: every arm vs study.baseline; each arm with a control in method.ARMS (the BO arms:
+fairdiffusion, fairdiffusion_vr, controlled by random) also vs its control when that ran (does
+the BO add anything over random weights?).
 
 Statistics (fairdiffusion.evaluate.stats; p-values not adjusted for multiple comparisons):
 - seed level: d_s = arm_s - reference_s over the seeds both ran; mean, sd (ddof 1), t-interval
@@ -81,6 +82,7 @@ import pandas as pd
 from .. import io
 from ..cli import json_arg
 from ..errors import FairDiffError
+from ..method import ARMS
 from ..evaluate import stats
 from . import metrics as M
 from .figures import FORMATS, _run_of, plt, save
@@ -88,7 +90,6 @@ from .render import number, p_value
 
 log = logging.getLogger(__name__)
 
-BO_ARMS = ("fairdiffusion", "fairdiffusion_vr")
 ENDPOINT = ["source", "metric", "task", "attribute", "group"]
 QUALITY_METRICS = {"FID", "KID", "ES-FID", "ES-KID", "FID-gap", "KID-gap"}
 SEMANTIC_METRICS = {"AUC", "ES-AUC", "AUC-gap"}
@@ -286,11 +287,14 @@ def check_consistent(primary: Primary, tidy: pd.DataFrame, task: str) -> None:
                 f" of task '{task}' differs from measured.csv's {row.value:.4f} (stale files?)")
 
 
+def bo_arms(methods: list[str]) -> list[str]:
+    """The arms whose sigma is driven by BO (method.ARMS), in the order of `methods`."""
+    return [m for m in methods if ARMS[m].optimises]
+
+
 def comparisons(methods: list[str], baseline: str) -> list[tuple[str, str]]:
     pairs = [(m, baseline) for m in methods if m != baseline]
-    if "random" in methods:
-        pairs += [(m, "random") for m in methods if m in BO_ARMS]
-    return pairs
+    return pairs + [(m, ARMS[m].control) for m in methods if ARMS[m].control in methods]
 
 
 def bootstrap_kind(endpoint: tuple, task: str, attribute: str) -> str | None:
@@ -523,8 +527,8 @@ def conclude(res: pd.DataFrame, runs: pd.DataFrame, checks: list[dict], settings
                 + [f"{g} better ({f(by_group[g])})" for g in better]) + ".")
         parts.append(head + sentence)
     alpha = 1.0 - level
-    for arm in [m for m in methods if m in BO_ARMS]:
-        objective = "y_vr" if arm == "fairdiffusion_vr" else "y"
+    for arm in bo_arms(methods):
+        objective = ARMS[arm].objective
         part = runs[(runs["method"] == arm) & (runs["source"] == "bo")
                     & (runs["task"] == objective)].pivot_table(
             index="seed", columns="metric", values="value")
@@ -638,11 +642,11 @@ def snr_table(runs: pd.DataFrame, methods: list[str], alpha: float) -> str:
 
 
 def sigma_table(runs: pd.DataFrame, methods: list[str]) -> str:
-    part = runs[(runs["metric"] == "sigma-final") & runs["method"].isin(BO_ARMS)]
+    part = runs[(runs["metric"] == "sigma-final") & runs["method"].isin(bo_arms(methods))]
     if part.empty:
         return "(no BO arm)"
     rows = []
-    for method in [m for m in methods if m in BO_ARMS]:
+    for method in bo_arms(methods):
         sub = part[part["method"] == method]
         row = {"arm": method}
         for (a, g), values in sub.groupby(["attribute", "group"], sort=False)["value"]:
@@ -721,7 +725,7 @@ def figure_seeds(runs: pd.DataFrame, methods: list[str], items, out: Path, forma
 def figure_sigma(trajectories: dict, attributes: dict, methods: list[str], window: int,
                  out: Path, formats) -> list[Path]:
     """Sigma of every group over training (window means; mean over seeds, band = sd)."""
-    arms = [m for m in methods if m in BO_ARMS] or [m for m in methods]
+    arms = bo_arms(methods) or list(methods)
     attrs = list(attributes)
     fig, axes = plt.subplots(len(arms), len(attrs), figsize=(3.6 * len(attrs), 2.6 * len(arms)),
                              squeeze=False, sharey=True)
@@ -852,6 +856,9 @@ def run(args: argparse.Namespace) -> None:
     if settings["task"] not in [*labels, "all"]:
         raise FairDiffError(f"study.task '{settings['task']}': expected one of {labels + ['all']}")
     methods = list(args.methods)
+    unknown = [m for m in methods if m not in ARMS]
+    if unknown:
+        raise FairDiffError(f"--methods: {unknown} not in method.ARMS ({list(ARMS)})")
     if settings["baseline"] not in methods:
         raise FairDiffError(f"study.baseline '{settings['baseline']}' is not among methods "
                             f"{methods}")
