@@ -2,7 +2,6 @@
 # report_targets() is what `rule all` asks for (the default run ends at the report's inputs).
 from fairdiffusion.method import ARMS
 
-
 TABLE_EXTS = ["csv", "md", "tex"]
 FIGURE_FORMATS = config["report"]["figure_formats"]
 FIGURE_EXTRA = [fmt for fmt in FIGURE_FORMATS if fmt != "png"]
