@@ -17,6 +17,7 @@ ATTRS = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
          "ethnicity": ["Non-Hispanic", "Hispanic"]}
 SIZES = [3, 2, 2]
 FAIR_BAYES = section_defaults("fair_bayes")  # the schema's defaults: the pure module has none
+NEW_ARMS = ("balanced", "reweighted", "groupdro")
 
 
 def fb(**overrides):
@@ -427,9 +428,11 @@ def test_settings_are_explicit():
 
 def test_registry_names_every_arm_and_drives_it():
     assert set(M.ARMS) >= {"baseline", "fairdiffusion", "random", "fairdiffusion_vr"}
+    data = random_batch(torch.Generator().manual_seed(0), n=40)[0]
     for name, arm in M.ARMS.items():
         assert arm.name == name
-        weighting = M.make_weighting(name, ATTRS, fb(), seed=0)
+        weighting = M.make_weighting(name, ATTRS, fb(group_attribute="race"), seed=0,
+                                     data_groups=data)
         assert weighting.optimises == arm.optimises
         assert weighting.sigma.tolist() == [arm.initial_sigma] * 7
         assert (arm.objective is not None) == arm.optimises
@@ -446,3 +449,129 @@ def test_bad_groups_are_rejected():
     with pytest.raises(ValueError, match="equal lengths"):
         weighting.observe(torch.rand(2), torch.zeros(3, 3, dtype=torch.long),
                           torch.zeros(3, dtype=torch.long), 0)
+
+
+# -- the group-robust baselines: balanced, reweighted, groupdro ---------------------------------
+
+# Training data: race Asian 1, Black 2, White 5 samples (N = 8, K = 3 cells).
+DATA = torch.tensor([[0, 0, 0], [1, 0, 1], [1, 1, 0], [2, 0, 0], [2, 1, 0], [2, 0, 1],
+                     [2, 1, 1], [2, 0, 0]])
+
+
+def new_arm(name, data=DATA, **settings):
+    return M.make_weighting(name, ATTRS, fb(**{"group_attribute": "race", **settings}), seed=0,
+                            data_groups=data)
+
+
+def test_reweighted_weights_are_hand_computed_inverse_frequencies():
+    weighting = new_arm("reweighted")
+    # w_g = N / (K n_g) = 8 / (3 n_g): Asian 8/3, Black 4/3, White 8/15
+    assert weighting.cell_weights.tolist() == pytest.approx([8 / 3, 4 / 3, 8 / 15])
+    w = weighting.weights(DATA)
+    assert w.tolist() == pytest.approx([8 / 3, 4 / 3, 4 / 3] + [8 / 15] * 5)
+    assert float(w.mean()) == pytest.approx(1.0)  # mean 1 over the training data
+    # gender and ethnicity do not matter; every arm still logs the same gaps and y
+    assert torch.equal(weighting.weights(torch.tensor([[1, 0, 0]])),
+                       weighting.weights(torch.tensor([[1, 1, 1]])))
+
+
+def test_intersection_cells_and_their_weights():
+    weighting = new_arm("reweighted", intersect=True, group_attribute="gender")
+    assert weighting.cell_attributes == [1, 0, 2]
+    assert len(weighting.cell_names) == 12
+    assert weighting.cell_names[0] == "gender_Female&race_Asian&ethnicity_Non-Hispanic"
+    assert weighting.cell_names[5] == "gender_Female&race_White&ethnicity_Hispanic"
+    # DATA's cells: 7 distinct (gender, race, ethnicity) cells, [2, 0, 0] twice
+    assert M.group_cells(DATA, SIZES, [1, 0, 2]).tolist() == [0, 3, 8, 4, 10, 5, 11, 4]
+    w = weighting.weights(DATA)
+    assert w.tolist() == pytest.approx([8 / 7] * 3 + [4 / 7] + [8 / 7] * 3 + [4 / 7])
+    assert float(w.mean()) == pytest.approx(1.0)
+
+
+def test_balanced_draws_every_group_equally_often():
+    weighting = new_arm("balanced")
+    assert weighting.probabilities.tolist() == pytest.approx([1 / 3] + [1 / 6] * 2
+                                                             + [1 / 15] * 5)
+    assert bool((weighting.weights(DATA) == 1).all())
+    order = weighting.batch_order(16)
+    batches = torch.stack([order(q) for q in range(2000)])
+    race = DATA[batches.reshape(-1), 0]
+    n = race.numel()
+    for g in range(3):
+        share = float((race == g).float().mean())
+        assert share == pytest.approx(1 / 3, abs=4 * math.sqrt(2 / 9 / n))
+    # each sample within its group equally often: White's 5 samples at 1/15 each
+    white = batches.reshape(-1)[race == 2]
+    assert torch.bincount(white, minlength=8)[3:].double().div(n).tolist() == \
+        pytest.approx([1 / 15] * 5, abs=4 * math.sqrt(1 / 15 / n))
+    # a pure function of (seed, q): the same batch again, another seed another batch
+    assert torch.equal(order(7), new_arm("balanced").batch_order(16)(7))
+    other = M.make_weighting("balanced", ATTRS, fb(group_attribute="race"), seed=1,
+                             data_groups=DATA).batch_order(16)
+    assert not torch.equal(order(7), other(7))
+    assert M.make_weighting("baseline", ATTRS, fb(), seed=0).batch_order(16) is None
+
+
+def test_groupdro_hand_computed_batch():
+    weighting = new_arm("groupdro", groupdro_eta=0.5)
+    assert weighting.q.tolist() == pytest.approx([1 / 3] * 3)
+    groups = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 1], [2, 1, 1]])
+    losses = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    # w_i = B q_g / n_g: Asian 4 (1/3) / 2, Black and White 4 (1/3) / 1
+    w = weighting.weights(groups)
+    assert w.tolist() == pytest.approx([2 / 3, 2 / 3, 4 / 3, 4 / 3])
+    # mean_i(w_i l_i) = sum_g q_g mean_g l = (2 + 2 + 4) / 3
+    assert float((w * losses).mean()) == pytest.approx(8 / 3)
+    weighting.observe(losses, groups, torch.zeros(4, dtype=torch.long), 0)
+    # group means 2, 2, 4: q ~ (1/3) exp(0.5 * (2, 2, 4)), normalised
+    e = math.e
+    assert weighting.q.tolist() == pytest.approx([e / (2 * e + e * e)] * 2
+                                                 + [e * e / (2 * e + e * e)])
+    row = weighting.trajectory[-1]
+    # the row holds the q that weighted the step (like sigma)
+    assert [row[f"q_race_{g}"] for g in ATTRS["race"]] == pytest.approx([1 / 3] * 3)
+    # a group absent from the batch has mean 0: its q only shrinks relative to the others
+    before = weighting.q.clone()
+    weighting.observe(torch.tensor([1.0, 1.0]), torch.tensor([[0, 0, 0], [2, 0, 0]]),
+                      torch.zeros(2, dtype=torch.long), 1)
+    expected = before * torch.exp(0.5 * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    assert weighting.q.tolist() == pytest.approx((expected / expected.sum()).tolist())
+
+
+def test_new_arms_share_the_objective_and_resume_identically():
+    gen = torch.Generator().manual_seed(3)
+    batches = [random_batch(gen) for _ in range(12)]
+
+    def drive(weighting, steps):
+        out = []
+        for step, (groups, losses, timesteps) in steps:
+            out.append(weighting.weights(groups))
+            weighting.observe(losses, groups, timesteps, step)
+        return out
+
+    keys = ["gap_race", "gap_gender", "gap_ethnicity", "mean_loss", "y", "y_vr"]
+    reference = M.make_weighting("baseline", ATTRS, fb(), seed=0)
+    drive(reference, enumerate(batches))
+    for name in NEW_ARMS:
+        straight = new_arm(name, groupdro_eta=1.0)
+        w_straight = drive(straight, enumerate(batches))
+        assert [[r[k] for k in keys] for r in straight.trajectory] == \
+            [[r[k] for k in keys] for r in reference.trajectory]
+        first = new_arm(name, groupdro_eta=1.0)
+        w_first = drive(first, list(enumerate(batches))[:5])
+        resumed = new_arm(name, groupdro_eta=1.0)
+        resumed.load_state_dict(first.state_dict())
+        w_resumed = w_first + drive(resumed, list(enumerate(batches))[5:])
+        assert torch.equal(torch.stack(w_straight), torch.stack(w_resumed))
+    assert "groupdro_q" in new_arm("groupdro").state_dict()
+
+
+@pytest.mark.parametrize("name, settings, data, message", [
+    ("groupdro", {"group_attribute": None}, DATA, "fair_bayes.group_attribute"),
+    ("reweighted", {"group_attribute": "age"}, DATA, "fair_bayes.group_attribute"),
+    ("balanced", {"group_attribute": "race"}, None, "training data's groups"),
+    ("groupdro", {"group_attribute": "race", "groupdro_eta": -1}, DATA, "groupdro_eta"),
+])
+def test_new_arms_bad_settings_name_the_key(name, settings, data, message):
+    with pytest.raises(FairDiffError, match=message):
+        M.make_weighting(name, ATTRS, fb(**settings), seed=0, data_groups=data)

@@ -68,6 +68,10 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     if error is not None:
         raise FairDiffError(_message(error))
     _check_arms(config)
+    fair_bayes = config.get("fair_bayes", {})
+    if "group_attribute" in fair_bayes and fair_bayes["group_attribute"] is None:
+        # the schema's null: the primary endpoint's attribute (one owner for that default)
+        fair_bayes["group_attribute"] = config["study"]["attribute"]
     return config
 
 

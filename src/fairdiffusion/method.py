@@ -3,7 +3,8 @@ per-group scales are chosen online by Bayesian optimisation of a fairness object
 
 A small pure module (no I/O, no training loop). The training loop uses it once per step:
 
-    weighting = make_weighting(method, attributes, settings, seed, rank, broadcast)
+    weighting = make_weighting(method, attributes, settings, seed, rank, broadcast, data_groups)
+    order = weighting.batch_order(B)                     # balanced only: q -> batch rows
     w = weighting.weights(groups)                        # [B] loss weights of the local batch
     loss = (w * per_sample_loss).mean()
     weighting.observe(losses, groups, timesteps, step)   # gathered, unweighted, detached
@@ -19,8 +20,27 @@ Arms (`method`):
                     of its timestep bucket (VR_BUCKETS equal buckets over NUM_TRAIN_TIMESTEPS,
                     EMA with VR_MOMENTUM, updated with the batch before it is used) before
                     the group gaps are taken.
-Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting and
-what the GP is fitted to differ.
+The standard group-robust baselines (beyond the paper; issue 20). Their groups are the cells of
+fair_bayes.group_attribute (default: study.attribute, the primary endpoint's) or, with
+fair_bayes.intersect, of its intersection with every other attribute; sigma is reported as 0:
+  balanced          w_i = 1; each batch is drawn (with replacement) with P(i) = 1 / (K n_g(i))
+                    over the N training samples (n_g in cell g, K cells with samples), so every
+                    cell is drawn equally often; same steps and batch size. Its data order
+                    differs from the other arms' by design (seeded by (seed, batch index)); noise,
+                    timesteps, dropout and flips are still the shared ones.
+  reweighted        w_i = N / (K n_g(i)): static inverse-frequency weights, mean 1 over the
+                    training data.
+  groupdro          loss = sum_g q_g mean_{i in g} l_i, i.e. w_i = B q_g(i) / n_g(i) over the
+                    local batch; q starts uniform; after each step q_g <- q_g exp(eta L_g),
+                    normalised, L_g = mean loss of cell g in the gathered batch (0 when absent),
+                    eta = fair_bayes.groupdro_eta (Sagawa et al. 2020, exponentiated gradient).
+                    Deviation: Sagawa's Algorithm 1 updates q with the current batch before
+                    using it; here observe() updates it after the step from the gathered,
+                    unweighted losses, so the step uses the q of the batches before it (one step
+                    later) and every rank holds the same q without another collective. q is
+                    logged in the step rows (columns q_<cell>), like sigma.
+Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting (and
+the balanced arm's batches) and what the GP is fitted to differ. Every arm is an entry of ARMS.
 
 Order within one step t (t = number of observe() calls before this one, from 0):
   1. weights(): w_i = 1 + sum_a sigma_t[a, g_a(i)] z_ia, z fresh from the per-rank stream.
@@ -59,6 +79,7 @@ Trajectory rows (bo_trajectory.csv), column `kind`:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -83,7 +104,8 @@ class Arm:
     optimises: bool          # sigma driven by BO (a GP fitted to `objective`; a trajectory)
     initial_sigma: float     # sigma at step 0 (0: the perturbation is off, w = 1 + 0 * z)
     objective: str | None    # the trajectory column the GP is fitted to (y, y_vr); None: no BO
-    loss: str = "uniform"    # per-sample loss weights: uniform or perturbation
+    loss: str = "uniform"    # per-sample loss weights: uniform, perturbation, reweighted, groupdro
+    sampling: str = "shuffle"  # shuffle: per-epoch permutations (train.BatchOrder); balanced
     reference: bool = False  # the plain arm every other arm is paired with (tables, study)
     control: str | None = None  # the arm this one is also compared with in the study
     summary: str = ""
@@ -99,6 +121,12 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("fairdiffusion_vr", optimises=True, initial_sigma=1.0, objective="y_vr",
         loss="perturbation", control="random",
         summary="fairdiffusion fitted to the variance-reduced y_vr (beyond the paper)"),
+    Arm("balanced", optimises=False, initial_sigma=0.0, objective=None, sampling="balanced",
+        summary="group-balanced sampling: P(sample) inverse to its group's frequency"),
+    Arm("reweighted", optimises=False, initial_sigma=0.0, objective=None, loss="reweighted",
+        summary="static inverse-frequency loss weights, mean 1 over the training data"),
+    Arm("groupdro", optimises=False, initial_sigma=0.0, objective=None, loss="groupdro",
+        summary="online group weights q (Sagawa et al. 2020), loss sum_g q_g mean_g l"),
 )}
 
 
@@ -111,7 +139,7 @@ def arm(name: str) -> Arm:
 
 # The fair_bayes keys (their defaults and meaning: workflow/schemas/config.schema.yaml).
 SETTINGS = ("time_window", "exploitation_rate", "ucb_beta", "num_restarts", "raw_samples",
-            "attributes", "absent_groups")
+            "attributes", "absent_groups", "group_attribute", "intersect", "groupdro_eta")
 # fair_bayes.absent_groups: how an attribute with a group absent from the batch enters y.
 ABSENT_RULES = ("zero", "skip")
 # fairdiffusion_vr only (beyond the paper): timestep buckets and their running-mean momentum.
@@ -120,7 +148,7 @@ VR_MOMENTUM = 0.98
 NUM_TRAIN_TIMESTEPS = 1000
 
 # Random streams (the second entry of every seed key).
-_STREAM_Z, _STREAM_U, _STREAM_BO = 1, 2, 3
+_STREAM_Z, _STREAM_U, _STREAM_BO, _STREAM_SAMPLE = 1, 2, 3, 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +221,59 @@ def update_bucket_means(means: torch.Tensor, counts: torch.Tensor, losses: torch
     ema = momentum * means + (1.0 - momentum) * batch_means
     new_means = torch.where(seen_now, torch.where(counts > 0, ema, batch_means), means)
     return new_means, counts + batch_counts
+
+
+def group_cells(groups: torch.Tensor, group_sizes: Sequence[int],
+                attributes: Sequence[int]) -> torch.Tensor:
+    """The cell of every sample in the groups of the chosen attributes (one attribute: its group
+    index; several: their intersection, mixed radix in the given order). groups: [B, A]."""
+    cells = torch.zeros(groups.shape[0], dtype=torch.long)
+    for a in attributes:
+        cells = cells * group_sizes[a] + groups[:, a].to(torch.long)
+    return cells
+
+
+def inverse_frequency_weights(cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Per-cell weights N / (K n_g) from the training data's cells (n_g samples in cell g, K
+    cells with samples, N samples): inverse to the frequency, mean 1 over the training samples.
+    Cells without samples get 0. Returns float64 [num_cells]."""
+    counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+    present = counts > 0
+    return torch.where(present, len(cells) / (present.sum() * counts.clamp(min=1)), 0.0)
+
+
+def balanced_probabilities(cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """P(draw sample i) = 1 / (K n_g(i)): every cell with samples is drawn with probability 1/K.
+    Returns float64 [N], summing to 1."""
+    return inverse_frequency_weights(cells, num_cells)[cells] / len(cells)
+
+
+def balanced_batch(probabilities: torch.Tensor, batch_size: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Row indices of one batch, drawn with replacement from `probabilities` (as torch's
+    WeightedRandomSampler does)."""
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
+
+
+def cell_means(losses: torch.Tensor, cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Mean loss of every cell in the batch, 0 for a cell without samples. float64 [K]."""
+    counts = torch.bincount(cells, minlength=num_cells)
+    sums = torch.zeros(num_cells, dtype=torch.float64).index_add_(0, cells, losses.double())
+    return sums / counts.clamp(min=1)
+
+
+def groupdro_update(q: torch.Tensor, means: torch.Tensor, eta: float) -> torch.Tensor:
+    """q_g <- q_g exp(eta L_g), normalised (Sagawa et al. 2020, Algorithm 1; a cell absent from
+    the batch has L_g = 0, as in their loss.py)."""
+    q = q * torch.exp(eta * means)
+    return q / q.sum()
+
+
+def groupdro_weights(q: torch.Tensor, cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """w_i = B q_g(i) / n_g(i) over the batch, so mean_i(w_i l_i) = sum_g q_g mean_{i in g} l_i
+    (a cell absent from the batch contributes nothing). float64 [B]."""
+    counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+    return len(cells) * q.to(torch.float64)[cells] / counts[cells]
 
 
 class Proposal(NamedTuple):
@@ -313,6 +394,8 @@ def _check_settings(settings: dict, attributes: dict) -> dict:
             raise FairDiffError(f"fair_bayes.{key}: expected a positive integer")
     if settings["absent_groups"] not in ABSENT_RULES:
         raise FairDiffError(f"fair_bayes.absent_groups: expected one of {list(ABSENT_RULES)}")
+    if not (isinstance(settings["groupdro_eta"], (int, float)) and settings["groupdro_eta"] >= 0):
+        raise FairDiffError("fair_bayes.groupdro_eta: expected a number >= 0")
     chosen = settings["attributes"]
     if chosen is not None:
         bad = [a for a in chosen if a not in attributes]
@@ -327,7 +410,8 @@ class FairBayesWeighting:
 
     def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict,
                  seed: int, rank: int = 0,
-                 broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 data_groups: torch.Tensor | None = None):
         self.arm = arm(method)
         if not attributes or any(len(g) < 1 for g in attributes.values()):
             raise FairDiffError("attributes: expected at least one attribute with its groups")
@@ -348,9 +432,11 @@ class FairBayesWeighting:
         self.dim = sum(self._sizes_sel)
         self.optimises = self.arm.optimises
         self.sigma = torch.full((self.dim,), self.arm.initial_sigma, dtype=torch.float64)
+        self._setup_cells(data_groups)
         self.columns = (["step", "kind"]
                         + [f"sigma_{names[i]}_{g}" for i in self.selected
                            for g in self.attributes[names[i]]]
+                        + ([f"q_{c}" for c in self.cell_names] if self.q is not None else [])
                         + ["acq_value"] + [f"gap_{a}" for a in names]
                         + ["mean_loss", "y", "y_vr", "y_window_mean", "note"])
         self._gen = torch.Generator()
@@ -360,6 +446,48 @@ class FairBayesWeighting:
         self.vr_means = torch.zeros(VR_BUCKETS, dtype=torch.float64)
         self.vr_counts = torch.zeros(VR_BUCKETS, dtype=torch.long)
         self._rows: list[dict] = []
+
+    def _setup_cells(self, data_groups: torch.Tensor | None) -> None:
+        """The groups of balanced, reweighted and groupdro: the cells of fair_bayes.group_attribute
+        or, with fair_bayes.intersect, of its intersection with every other attribute."""
+        self.cell_attributes, self.cell_names = [], []
+        self.q = self.cell_weights = self.probabilities = None
+        if self.arm.loss not in ("reweighted", "groupdro") and self.arm.sampling != "balanced":
+            return
+        names, chosen = list(self.attributes), self.settings["group_attribute"]
+        if chosen not in self.attributes:
+            raise FairDiffError(f"fair_bayes.group_attribute: {chosen!r} is not among the "
+                                f"dataset's attributes {names} (needed by method {self.method!r})")
+        first = names.index(chosen)
+        self.cell_attributes = [first] + ([i for i in range(len(names)) if i != first]
+                                          if self.settings["intersect"] else [])
+        self.cell_names = ["&".join(f"{names[i]}_{g}" for i, g in zip(self.cell_attributes, combo))
+                           for combo in itertools.product(
+                               *[self.attributes[names[i]] for i in self.cell_attributes])]
+        self.num_cells = len(self.cell_names)
+        if self.arm.loss == "groupdro":
+            self.q = torch.full((self.num_cells,), 1.0 / self.num_cells, dtype=torch.float64)
+            return
+        if data_groups is None:
+            raise FairDiffError(f"method {self.method!r}: needs the training data's groups "
+                                f"(make_weighting's data_groups)")
+        cells = self._cells(data_groups)
+        if self.arm.loss == "reweighted":
+            self.cell_weights = inverse_frequency_weights(cells, self.num_cells)
+        if self.arm.sampling == "balanced":
+            self.probabilities = balanced_probabilities(cells, self.num_cells)
+
+    def _cells(self, groups: torch.Tensor) -> torch.Tensor:
+        return group_cells(self._check_groups(groups), self.group_sizes, self.cell_attributes)
+
+    def batch_order(self, batch_size: int) -> Callable[[int], torch.Tensor] | None:
+        """For an arm that draws its own batches (balanced): q -> row indices of global micro-batch
+        q, seeded by (seed, q) alone, so resumable and different on every rank. None otherwise
+        (the training loop's shuffled order)."""
+        if self.probabilities is None:
+            return None
+        return lambda q: balanced_batch(self.probabilities, batch_size,
+                                        self._generator(_STREAM_SAMPLE, int(q)))
 
     # -- randomness ------------------------------------------------------------------------------
 
@@ -392,6 +520,11 @@ class FairBayesWeighting:
         groups = self._check_groups(groups)
         if self.arm.loss == "uniform":
             return torch.ones(len(groups), device=device)
+        if self.arm.loss == "reweighted":
+            return self.cell_weights[self._cells(groups)].to(device=device, dtype=torch.float32)
+        if self.arm.loss == "groupdro":
+            w = groupdro_weights(self.q, self._cells(groups), self.num_cells)
+            return w.to(device=device, dtype=torch.float32)
         gen = self._generator(_STREAM_Z, self.rank, self._steps, self._calls)
         self._calls += 1
         z = torch.randn(len(groups), len(self.selected), generator=gen, dtype=torch.float64)
@@ -413,7 +546,8 @@ class FairBayesWeighting:
         gaps = group_gaps(losses, groups, self.group_sizes, absent)
         y = -float(gaps[self.selected].sum())  # the paper's y over the perturbed attributes
         note = ""
-        if bool(torch.isfinite(losses).all()):
+        finite = bool(torch.isfinite(losses).all())
+        if finite:
             self.vr_means, self.vr_counts = update_bucket_means(
                 self.vr_means, self.vr_counts, losses, timestep_buckets(timesteps))
             normalised = losses / self.vr_means[timestep_buckets(timesteps)].clamp(min=1e-12)
@@ -431,6 +565,11 @@ class FairBayesWeighting:
             self._history["loss"].append(mean_loss)
         self._rows.append(self._row(step, "step", self.sigma, math.nan, gaps.tolist(),
                                     mean_loss, y, y_vr, math.nan, note))
+        if self.q is not None and finite:
+            # after the row, which holds the q that weighted this step
+            self.q = groupdro_update(self.q, cell_means(losses, self._cells(groups),
+                                                         self.num_cells),
+                                     float(self.settings["groupdro_eta"]))
         self._steps += 1
         self._calls = 0
         if self.optimises:
@@ -461,7 +600,8 @@ class FairBayesWeighting:
         self._history = {"sigma": [], "y": [], "gaps": [], "loss": []}
 
     def _row(self, step, kind, sigma, acq_value, gaps, mean_loss, y, y_vr, y_window_mean, note):
-        values = [int(step), kind, *sigma.tolist(), acq_value, *gaps, mean_loss, y, y_vr,
+        q = self.q.tolist() if self.q is not None else []
+        values = [int(step), kind, *sigma.tolist(), *q, acq_value, *gaps, mean_loss, y, y_vr,
                   y_window_mean, note]
         return dict(zip(self.columns, values))
 
@@ -494,6 +634,7 @@ class FairBayesWeighting:
             "history_loss": torch.tensor(h["loss"], dtype=torch.float64),
             "vr_bucket_means": self.vr_means.clone(),
             "vr_bucket_counts": self.vr_counts.clone(),
+            **({"groupdro_q": self.q.clone()} if self.q is not None else {}),
             "method": self.method,
             "seed": self.seed,
             "steps_observed": self._steps,
@@ -509,6 +650,12 @@ class FairBayesWeighting:
             raise FairDiffError(f"method state: sigma has shape {list(sigma.shape)}, expected "
                                 f"[{self.dim}] (were the attributes changed?)")
         self.sigma = sigma.clone()
+        if self.q is not None:
+            q = torch.as_tensor(state["groupdro_q"], dtype=torch.float64)
+            if q.shape != self.q.shape:
+                raise FairDiffError(f"method state: q has shape {list(q.shape)}, expected "
+                                    f"{list(self.q.shape)} (were the groups changed?)")
+            self.q = q.clone()
         hx = torch.as_tensor(state["history_sigma"], dtype=torch.float64)
         self._history = {
             "sigma": [row.clone() for row in hx],
@@ -526,10 +673,12 @@ class FairBayesWeighting:
 
 def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict,
                    seed: int, rank: int = 0,
-                   broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> FairBayesWeighting:
+                   broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   data_groups: torch.Tensor | None = None) -> FairBayesWeighting:
     """The loss weighting of one arm. `attributes`: the dataset's {attribute: [groups]} (the
     column order of `groups`); `settings`: the config's fair_bayes section; `broadcast(tensor)`:
     returns process 0's copy of a CPU float64 tensor (e.g. accelerate.utils.broadcast; with NCCL
-    move it to the device and back); it is called by every rank at every BO step."""
-    return FairBayesWeighting(method, attributes, settings, seed, rank, broadcast)
+    move it to the device and back); it is called by every rank at every BO step;
+    `data_groups`: [N, A] groups of every training sample (balanced and reweighted need them:
+    their frequencies are those of the training data)."""
+    return FairBayesWeighting(method, attributes, settings, seed, rank, broadcast, data_groups)
