@@ -1,6 +1,7 @@
 """Method overhead bench: what Fair Bayesian Perturbation adds to a training step.
 
-- per step: weights() + observe() without a BO update, batch 16, 7 groups (FairGenMed layout);
+- per step: weights() + observe() without a BO update, batch 16, 7 groups (FairGenMed layout),
+  for fairdiffusion, fairdiffusion_vr and the group-robust arms (balanced: with its batch draw);
   target under 1 ms.
 - per BO update: GP fit + UCB maximisation on 30 points in [0,1]^7 (bo_propose, the paper's
   settings); target at most 0.5 s.
@@ -28,10 +29,15 @@ def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
     from fairdiffusion.config import section_defaults
     from fairdiffusion.method import make_weighting
 
-    # A window longer than the run: no BO update is timed here.
-    weighting = make_weighting(arm, ATTRIBUTES,
-                               section_defaults("fair_bayes", {"time_window": steps + 1}), seed=0)
     gen = torch.Generator().manual_seed(0)
+    # The training data's groups (balanced and reweighted take their frequencies from them).
+    data = torch.stack([torch.randint(0, len(g), (1000,), generator=gen)
+                        for g in ATTRIBUTES.values()], dim=1)
+    # A window longer than the run: no BO update is timed here.
+    settings = section_defaults("fair_bayes", {"time_window": steps + 1,
+                                               "group_attribute": "race"})
+    weighting = make_weighting(arm, ATTRIBUTES, settings, seed=0, data_groups=data)
+    order = weighting.batch_order(batch)
     batches = []
     for _ in range(steps):
         groups = torch.stack([torch.randint(0, len(g), (batch,), generator=gen)
@@ -42,6 +48,8 @@ def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
     cpu_start = time.process_time()
     for step, (groups, losses, timesteps) in enumerate(batches):
         start = time.perf_counter()
+        if order is not None:   # balanced: the batch draw is its per-step cost
+            order(step)
         weighting.weights(groups)
         weighting.observe(losses, groups, timesteps, step)
         times.append(time.perf_counter() - start)
@@ -83,7 +91,7 @@ def main():
     torch.set_num_threads(1)
 
     rows = []
-    for arm in ("fairdiffusion", "fairdiffusion_vr"):
+    for arm in ("fairdiffusion", "fairdiffusion_vr", "balanced", "reweighted", "groupdro"):
         seconds, cpu = per_step_seconds(arm, args.steps, args.batch)
         rows.append({"measure": f"step_{arm}", "wall_s": seconds, "cpu_s": cpu,
                      "target_s": STEP_TARGET_S, "repeats": args.steps})
