@@ -1,6 +1,7 @@
 """Method overhead bench: what Fair Bayesian Perturbation adds to a training step.
 
-- per step: weights() + observe() without a BO update, batch 16, 7 groups (FairGenMed layout);
+- per step: weights() + observe() without a BO update, batch 16, 7 groups (FairGenMed layout),
+  for fairdiffusion, fairdiffusion_vr and the group-robust arms (balanced: with its batch draw);
   target under 1 ms.
 - per BO update: GP fit + UCB maximisation on 30 points in [0,1]^7 (bo_propose, the paper's
   settings); target at most 0.5 s.
@@ -25,11 +26,18 @@ BO_TARGET_S = 0.5
 
 def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
     """(median wall-clock seconds, mean CPU seconds) per step."""
+    from fairdiffusion.config import section_defaults
     from fairdiffusion.method import make_weighting
 
-    # A window longer than the run: no BO update is timed here.
-    weighting = make_weighting(arm, ATTRIBUTES, {"time_window": steps + 1}, seed=0)
     gen = torch.Generator().manual_seed(0)
+    # The training data's groups (balanced and reweighted take their frequencies from them).
+    data = torch.stack([torch.randint(0, len(g), (1000,), generator=gen)
+                        for g in ATTRIBUTES.values()], dim=1)
+    # A window longer than the run: no BO update is timed here.
+    settings = section_defaults({"time_window": steps + 1,
+                                 "group_attribute": "race"}, "fair_bayes")
+    weighting = make_weighting(arm, ATTRIBUTES, settings, seed=0, data_groups=data)
+    order = weighting.batch_order(batch)
     batches = []
     for _ in range(steps):
         groups = torch.stack([torch.randint(0, len(g), (batch,), generator=gen)
@@ -40,6 +48,8 @@ def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
     cpu_start = time.process_time()
     for step, (groups, losses, timesteps) in enumerate(batches):
         start = time.perf_counter()
+        if order is not None:   # balanced: the batch draw is its per-step cost
+            order(step)
         weighting.weights(groups)
         weighting.observe(losses, groups, timesteps, step)
         times.append(time.perf_counter() - start)
@@ -48,12 +58,14 @@ def per_step_seconds(arm: str, steps: int, batch: int) -> tuple[float, float]:
 
 def per_bo_seconds(repeats: int, points: int) -> tuple[float, float]:
     """(median wall-clock seconds, median CPU seconds) per BO update (after one warm-up)."""
-    from fairdiffusion.method import DEFAULT_SETTINGS, bo_propose
+    from fairdiffusion.config import section_defaults
+    from fairdiffusion.method import bo_propose
 
+    settings = section_defaults({}, "fair_bayes")
     gen = torch.Generator().manual_seed(0)
     dim = sum(len(g) for g in ATTRIBUTES.values())
     bo_propose(torch.rand(points, dim, dtype=torch.float64, generator=gen),
-               torch.randn(points, dtype=torch.float64, generator=gen), DEFAULT_SETTINGS, 0)
+               torch.randn(points, dtype=torch.float64, generator=gen), settings, 0)
     times, cpu = [], []
     for seed in range(repeats):
         X = torch.rand(points, dim, dtype=torch.float64, generator=gen)
@@ -61,7 +73,7 @@ def per_bo_seconds(repeats: int, points: int) -> tuple[float, float]:
         Y = -0.36 - 0.1 * (X - 0.5).pow(2).sum(1) + 0.2 * torch.randn(points, generator=gen,
                                                                        dtype=torch.float64)
         start, cpu_start = time.perf_counter(), time.process_time()
-        bo_propose(X, Y, DEFAULT_SETTINGS, seed)
+        bo_propose(X, Y, settings, seed)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return statistics.median(times), statistics.median(cpu)
@@ -79,7 +91,7 @@ def main():
     torch.set_num_threads(1)
 
     rows = []
-    for arm in ("fairdiffusion", "fairdiffusion_vr"):
+    for arm in ("fairdiffusion", "fairdiffusion_vr", "balanced", "reweighted", "groupdro"):
         seconds, cpu = per_step_seconds(arm, args.steps, args.batch)
         rows.append({"measure": f"step_{arm}", "wall_s": seconds, "cpu_s": cpu,
                      "target_s": STEP_TARGET_S, "repeats": args.steps})

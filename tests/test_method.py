@@ -10,11 +10,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fairdiffusion import method as M
+from fairdiffusion.config import section_defaults
 from fairdiffusion.errors import FairDiffError
 
 ATTRS = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"],
          "ethnicity": ["Non-Hispanic", "Hispanic"]}
 SIZES = [3, 2, 2]
+FAIR_BAYES = section_defaults({}, "fair_bayes")  # the schema's defaults: the pure module has none
+NEW_ARMS = ("balanced", "reweighted", "groupdro")
+
+
+def fb(**overrides):
+    return {**FAIR_BAYES, **overrides}
 
 
 @pytest.fixture(autouse=True)
@@ -57,36 +64,47 @@ def test_pure_pieces_match_an_independent_reimplementation():
                 for i in range(12)]
     assert M.perturbation_weights(groups, sigma, z).tolist() == pytest.approx(expected)
 
-    gaps = []
-    for a, size in enumerate(SIZES):
-        means = [float(losses[groups[:, a] == g].mean()) for g in range(size)
-                 if bool((groups[:, a] == g).any())]
-        gaps.append(max(means) - min(means) if len(means) >= 2 else 0.0)
-    y, got = M.fairness_objective(losses, groups, SIZES)
-    assert got.tolist() == pytest.approx(gaps)
-    assert y == pytest.approx(-sum(gaps))
+    # 12 samples: every group present; 3: some absent (the two rules then differ)
+    for n, absent in itertools.product((12, 3), ("zero", "skip")):
+        gaps = []
+        for a, size in enumerate(SIZES):
+            means = [float(losses[:n][groups[:n, a] == g].mean()) for g in range(size)
+                     if bool((groups[:n, a] == g).any())]
+            complete = len(means) == size if absent == "zero" else len(means) >= 2
+            gaps.append(max(means) - min(means) if complete else 0.0)
+        assert M.group_gaps(losses[:n], groups[:n], SIZES, absent).tolist() == \
+            pytest.approx(gaps)
 
     s, u = torch.rand(7, generator=gen), torch.rand(7, generator=gen)
     assert M.refresh(s, u, 0.95).tolist() == pytest.approx(
         [0.95 * a + 0.05 * b for a, b in zip(s.tolist(), u.tolist())])
 
 
-def test_objective_hand_example_with_missing_group():
-    # race: Asian {1, 2}, Black {3, 5}, White absent -> means 1.5, 4 -> gap 2.5
-    # gender: Female only -> fewer than 2 groups present -> 0
-    # ethnicity: Non-Hispanic {1, 3, 5} mean 3, Hispanic {2} -> gap 1
+@pytest.mark.parametrize("absent, expected", [
+    # race: Asian {1, 2} mean 1.5, Black {3, 5} mean 4, White absent
+    #   zero (the authors' rule): White's mean is NaN -> gap 0; skip: 4 - 1.5 = 2.5
+    # gender: Female only -> 0 under both rules (Male absent; one group present)
+    # ethnicity: Non-Hispanic {1, 3, 5} mean 3, Hispanic {2} -> gap 1 (all groups present)
+    ("zero", [0.0, 0.0, 1.0]),
+    ("skip", [2.5, 0.0, 1.0]),
+])
+def test_objective_hand_example_with_absent_group(absent, expected):
     losses = torch.tensor([1.0, 2.0, 3.0, 5.0])
     groups = torch.tensor([[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 0]])
-    y, gaps = M.fairness_objective(losses, groups, SIZES)
-    assert gaps.tolist() == [2.5, 0.0, 1.0]
-    assert y == -3.5
+    assert M.group_gaps(losses, groups, SIZES, absent).tolist() == expected
     # a single sample or an empty batch: every attribute contributes 0, never NaN
-    assert M.fairness_objective(losses[:1], groups[:1], SIZES)[0] == 0.0
-    assert M.fairness_objective(losses[:0], groups[:0], SIZES)[0] == 0.0
+    assert M.group_gaps(losses[:1], groups[:1], SIZES, absent).tolist() == [0.0] * 3
+    assert M.group_gaps(losses[:0], groups[:0], SIZES, absent).tolist() == [0.0] * 3
+    # the arm's trajectory: y = -(sum of the gaps) under the configured rule
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(absent_groups=absent), seed=0)
+    weighting.observe(losses, groups, torch.zeros(4, dtype=torch.long), 0)
+    row = weighting.trajectory[-1]
+    assert [row["gap_race"], row["gap_gender"], row["gap_ethnicity"]] == expected
+    assert row["y"] == -sum(expected)
 
 
 def test_weights_mean_one_and_variance_is_sum_of_squared_sigmas():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {}, seed=1)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=1)
     weighting.sigma = torch.tensor([0.2, 0.9, 0.5, 0.7, 0.1, 0.3, 1.0], dtype=torch.float64)
     combos = torch.tensor(list(itertools.product(range(3), range(2), range(2))))
     n = 20000
@@ -99,7 +117,7 @@ def test_weights_mean_one_and_variance_is_sum_of_squared_sigmas():
 
 
 def test_refresh_draws_are_uniform_and_keep_sigma_in_unit_cube():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 1000}, seed=2)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=1000), seed=2)
     sigmas, _ = run_steps(weighting, torch.Generator().manual_seed(2), 200)
     sigmas = torch.stack(sigmas)
     assert bool(((sigmas >= 0) & (sigmas <= 1)).all())
@@ -127,11 +145,11 @@ def test_arms_differ_only_in_the_weighting():
     # fairdiffusion with exploitation_rate 1 keeps sigma = 1 (its BO updates are skipped: all
     # points are the same), so its weights must be the random arm's at every step.
     arms = {
-        "baseline": M.make_weighting("baseline", ATTRS, {"time_window": 10}, seed=5),
-        "random": M.make_weighting("random", ATTRS, {"time_window": 10}, seed=5),
+        "baseline": M.make_weighting("baseline", ATTRS, fb(time_window=10), seed=5),
+        "random": M.make_weighting("random", ATTRS, fb(time_window=10), seed=5),
         "sigma1": M.make_weighting("fairdiffusion", ATTRS,
-                                   {"time_window": 10, "exploitation_rate": 1.0}, seed=5),
-        "fairdiffusion": M.make_weighting("fairdiffusion", ATTRS, {"time_window": 10}, seed=5),
+                                   fb(time_window=10, exploitation_rate=1.0), seed=5),
+        "fairdiffusion": M.make_weighting("fairdiffusion", ATTRS, fb(time_window=10), seed=5),
     }
     out = {name: run_steps(w, torch.Generator().manual_seed(9), 25)[1] for name, w in arms.items()}
     assert all(bool((w == 1).all()) for w in out["baseline"])
@@ -155,7 +173,7 @@ def test_arms_differ_only_in_the_weighting():
 
 def test_negative_weights_keep_the_loss_finite():
     torch.manual_seed(0)
-    weighting = M.make_weighting("random", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("random", ATTRS, fb(), seed=0)
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(0)
@@ -177,7 +195,7 @@ def test_negative_weights_keep_the_loss_finite():
 
 
 def test_attribute_subset_perturbs_only_its_groups():
-    settings = {"attributes": ["race"], "time_window": 10}
+    settings = fb(attributes=["race"], time_window=10)
     a = M.make_weighting("fairdiffusion", ATTRS, settings, seed=4)
     b = M.make_weighting("fairdiffusion", ATTRS, settings, seed=4)
     assert a.dim == 3
@@ -196,7 +214,7 @@ def test_attribute_subset_perturbs_only_its_groups():
 
 def test_vr_arm_fits_the_variance_reduced_objective():
     for arm, key in (("fairdiffusion", "y"), ("fairdiffusion_vr", "y_vr")):
-        weighting = M.make_weighting(arm, ATTRS, {"time_window": 10}, seed=6)
+        weighting = M.make_weighting(arm, ATTRS, fb(time_window=10), seed=6)
         run_steps(weighting, torch.Generator().manual_seed(6), 10)
         rows = weighting.trajectory
         bo = [r for r in rows if r["kind"] == "bo_update"]
@@ -207,7 +225,7 @@ def test_vr_arm_fits_the_variance_reduced_objective():
 
 
 def test_non_finite_losses_are_noted_and_not_recorded():
-    weighting = M.make_weighting("fairdiffusion_vr", ATTRS, {"time_window": 3}, seed=0)
+    weighting = M.make_weighting("fairdiffusion_vr", ATTRS, fb(time_window=3), seed=0)
     gen = torch.Generator().manual_seed(0)
     run_steps(weighting, gen, 1)
     groups, losses, timesteps = random_batch(gen)
@@ -230,7 +248,7 @@ def test_bo_propose_stays_in_bounds_without_input_data_warning():
     gen = torch.Generator().manual_seed(3)
     X = torch.rand(30, 7, generator=gen, dtype=torch.float64)
     Y = -((X - 0.3) ** 2).sum(1) + 0.01 * torch.randn(30, generator=gen, dtype=torch.float64)
-    settings = dict(M.DEFAULT_SETTINGS)
+    settings = fb()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = M.bo_propose(X, Y, settings, seed=11)
@@ -248,7 +266,7 @@ def test_bo_propose_stays_in_bounds_without_input_data_warning():
 
 
 def test_bo_propose_skips_degenerate_histories():
-    settings = dict(M.DEFAULT_SETTINGS)
+    settings = fb()
     same = torch.full((5, 3), 0.5, dtype=torch.float64)
     skip = M.bo_propose(same, torch.arange(5.0), settings, seed=0)
     assert skip.sigma is None and "fewer than 2 distinct" in skip.note
@@ -258,7 +276,7 @@ def test_bo_propose_skips_degenerate_histories():
 
 def test_zero_variance_objective_is_skipped_and_noted():
     # every batch has a single group per attribute: y = 0 at every step
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 5}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=5), seed=0)
     for step in range(5):
         groups = torch.zeros(8, 3, dtype=torch.long)
         sigma_before = weighting.sigma.clone()
@@ -276,7 +294,7 @@ def test_gp_fit_failure_keeps_sigma_and_is_noted(monkeypatch):
         raise ModelFittingError("All attempts to fit the model have failed.")
 
     monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", failing_fit)
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 5}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=5), seed=0)
     run_steps(weighting, torch.Generator().manual_seed(0), 4)
     kept = weighting.sigma.clone()
     run_steps(weighting, torch.Generator().manual_seed(1), 1, start=4)
@@ -308,7 +326,7 @@ def test_bo_moves_sigma_towards_the_optimum_of_a_synthetic_objective():
     attrs = {"race": ATTRS["race"], "gender": ATTRS["gender"]}
     target = torch.tensor([0.2, 0.8, 0.3, 0.7, 0.5], dtype=torch.float64)
     combos = torch.tensor(list(itertools.product(range(3), range(2))))
-    weighting = M.make_weighting("fairdiffusion", attrs, {"time_window": 10}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", attrs, fb(time_window=10), seed=0)
     noise = torch.Generator().manual_seed(100)
     for step in range(60):
         noise_draw = float(torch.rand(1, generator=noise))
@@ -331,14 +349,14 @@ def test_bo_moves_sigma_towards_the_optimum_of_a_synthetic_objective():
 def test_same_seed_same_run_and_other_seed_differs():
     runs = []
     for seed in (7, 7, 8):
-        weighting = M.make_weighting("fairdiffusion", ATTRS, {"time_window": 10}, seed=seed)
+        weighting = M.make_weighting("fairdiffusion", ATTRS, fb(time_window=10), seed=seed)
         runs.append(torch.stack(run_steps(weighting, torch.Generator().manual_seed(0), 15)[0]))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
 
 def test_gradient_accumulation_draws_fresh_z_per_call():
-    weighting = M.make_weighting("random", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("random", ATTRS, fb(), seed=0)
     groups = torch.zeros(4, 3, dtype=torch.long)
     assert not torch.equal(weighting.weights(groups), weighting.weights(groups))
 
@@ -346,7 +364,7 @@ def test_gradient_accumulation_draws_fresh_z_per_call():
 def test_resume_continues_identically(tmp_path):
     # the vr arm: its state is a superset (bucket running means drive its objective)
     arm = "fairdiffusion_vr"
-    settings = {"time_window": 20}
+    settings = fb(time_window=20)
     straight = M.make_weighting(arm, ATTRS, settings, seed=3)
     sigmas_a, weights_a = run_steps(straight, torch.Generator().manual_seed(0), 100)
     rows_a = straight.pop_trajectory()
@@ -378,12 +396,12 @@ def test_resume_continues_identically(tmp_path):
 
 
 def test_load_state_dict_rejects_a_mismatched_state():
-    state = M.make_weighting("fairdiffusion", ATTRS, {}, seed=0).state_dict()
-    race_only = M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, {}, seed=0)
+    state = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=0).state_dict()
+    race_only = M.make_weighting("fairdiffusion", {"race": ATTRS["race"]}, fb(), seed=0)
     with pytest.raises(FairDiffError, match="method state"):
         race_only.load_state_dict(state)
     with pytest.raises(FairDiffError, match="method state"):
-        M.make_weighting("random", ATTRS, {}, seed=0).load_state_dict(state)
+        M.make_weighting("random", ATTRS, fb(), seed=0).load_state_dict(state)
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -391,18 +409,39 @@ def test_load_state_dict_rejects_a_mismatched_state():
 
 @pytest.mark.parametrize("method, settings, message", [
     ("fair", {}, "method 'fair'"),
-    ("fairdiffusion", {"window": 3}, "unknown key"),
+    ("fairdiffusion", {"window": 3}, r"unknown key\(s\) \['window'\]"),
     ("fairdiffusion", {"attributes": ["age"]}, "fair_bayes.attributes"),
     ("fairdiffusion", {"exploitation_rate": 1.5}, "fair_bayes.exploitation_rate"),
     ("fairdiffusion", {"time_window": 1}, "fair_bayes.time_window"),
 ])
 def test_bad_settings_name_the_key(method, settings, message):
     with pytest.raises(FairDiffError, match=message):
-        M.make_weighting(method, ATTRS, settings, seed=0)
+        M.make_weighting(method, ATTRS, fb(**settings), seed=0)
+
+
+def test_settings_are_explicit():
+    # the pure module holds no defaults (the schema does): a missing key is named
+    partial = {k: v for k, v in FAIR_BAYES.items() if k != "ucb_beta"}
+    with pytest.raises(FairDiffError, match=r"missing key\(s\) \['ucb_beta'\]"):
+        M.make_weighting("fairdiffusion", ATTRS, partial, seed=0)
+
+
+def test_registry_names_every_arm_and_drives_it():
+    assert set(M.ARMS) >= {"baseline", "fairdiffusion", "random", "fairdiffusion_vr"}
+    data = random_batch(torch.Generator().manual_seed(0), n=40)[0]
+    for name, arm in M.ARMS.items():
+        assert arm.name == name
+        weighting = M.make_weighting(name, ATTRS, fb(group_attribute="race"), seed=0,
+                                     data_groups=data)
+        assert weighting.optimises == arm.optimises
+        assert weighting.sigma.tolist() == [arm.initial_sigma] * 7
+        assert (arm.objective is not None) == arm.optimises
+        assert arm.control is None or arm.control in M.ARMS
+    assert [a.name for a in M.ARMS.values() if a.reference] == ["baseline"]
 
 
 def test_bad_groups_are_rejected():
-    weighting = M.make_weighting("fairdiffusion", ATTRS, {}, seed=0)
+    weighting = M.make_weighting("fairdiffusion", ATTRS, fb(), seed=0)
     with pytest.raises(ValueError, match="outside"):
         weighting.weights(torch.tensor([[3, 0, 0]]))
     with pytest.raises(ValueError, match="shape"):
@@ -410,3 +449,129 @@ def test_bad_groups_are_rejected():
     with pytest.raises(ValueError, match="equal lengths"):
         weighting.observe(torch.rand(2), torch.zeros(3, 3, dtype=torch.long),
                           torch.zeros(3, dtype=torch.long), 0)
+
+
+# -- the group-robust baselines: balanced, reweighted, groupdro ---------------------------------
+
+# Training data: race Asian 1, Black 2, White 5 samples (N = 8, K = 3 cells).
+DATA = torch.tensor([[0, 0, 0], [1, 0, 1], [1, 1, 0], [2, 0, 0], [2, 1, 0], [2, 0, 1],
+                     [2, 1, 1], [2, 0, 0]])
+
+
+def new_arm(name, data=DATA, **settings):
+    return M.make_weighting(name, ATTRS, fb(**{"group_attribute": "race", **settings}), seed=0,
+                            data_groups=data)
+
+
+def test_reweighted_weights_are_hand_computed_inverse_frequencies():
+    weighting = new_arm("reweighted")
+    # w_g = N / (K n_g) = 8 / (3 n_g): Asian 8/3, Black 4/3, White 8/15
+    assert weighting.cell_weights.tolist() == pytest.approx([8 / 3, 4 / 3, 8 / 15])
+    w = weighting.weights(DATA)
+    assert w.tolist() == pytest.approx([8 / 3, 4 / 3, 4 / 3] + [8 / 15] * 5)
+    assert float(w.mean()) == pytest.approx(1.0)  # mean 1 over the training data
+    # gender and ethnicity do not matter; every arm still logs the same gaps and y
+    assert torch.equal(weighting.weights(torch.tensor([[1, 0, 0]])),
+                       weighting.weights(torch.tensor([[1, 1, 1]])))
+
+
+def test_intersection_cells_and_their_weights():
+    weighting = new_arm("reweighted", intersect=True, group_attribute="gender")
+    assert weighting.cell_attributes == [1, 0, 2]
+    assert len(weighting.cell_names) == 12
+    assert weighting.cell_names[0] == "gender_Female&race_Asian&ethnicity_Non-Hispanic"
+    assert weighting.cell_names[5] == "gender_Female&race_White&ethnicity_Hispanic"
+    # DATA's cells: 7 distinct (gender, race, ethnicity) cells, [2, 0, 0] twice
+    assert M.group_cells(DATA, SIZES, [1, 0, 2]).tolist() == [0, 3, 8, 4, 10, 5, 11, 4]
+    w = weighting.weights(DATA)
+    assert w.tolist() == pytest.approx([8 / 7] * 3 + [4 / 7] + [8 / 7] * 3 + [4 / 7])
+    assert float(w.mean()) == pytest.approx(1.0)
+
+
+def test_balanced_draws_every_group_equally_often():
+    weighting = new_arm("balanced")
+    assert weighting.probabilities.tolist() == pytest.approx([1 / 3] + [1 / 6] * 2
+                                                             + [1 / 15] * 5)
+    assert bool((weighting.weights(DATA) == 1).all())
+    order = weighting.batch_order(16)
+    batches = torch.stack([order(q) for q in range(2000)])
+    race = DATA[batches.reshape(-1), 0]
+    n = race.numel()
+    for g in range(3):
+        share = float((race == g).float().mean())
+        assert share == pytest.approx(1 / 3, abs=4 * math.sqrt(2 / 9 / n))
+    # each sample within its group equally often: White's 5 samples at 1/15 each
+    white = batches.reshape(-1)[race == 2]
+    assert torch.bincount(white, minlength=8)[3:].double().div(n).tolist() == \
+        pytest.approx([1 / 15] * 5, abs=4 * math.sqrt(1 / 15 / n))
+    # a pure function of (seed, q): the same batch again, another seed another batch
+    assert torch.equal(order(7), new_arm("balanced").batch_order(16)(7))
+    other = M.make_weighting("balanced", ATTRS, fb(group_attribute="race"), seed=1,
+                             data_groups=DATA).batch_order(16)
+    assert not torch.equal(order(7), other(7))
+    assert M.make_weighting("baseline", ATTRS, fb(), seed=0).batch_order(16) is None
+
+
+def test_groupdro_hand_computed_batch():
+    weighting = new_arm("groupdro", groupdro_eta=0.5)
+    assert weighting.q.tolist() == pytest.approx([1 / 3] * 3)
+    groups = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 1], [2, 1, 1]])
+    losses = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    # w_i = B q_g / n_g: Asian 4 (1/3) / 2, Black and White 4 (1/3) / 1
+    w = weighting.weights(groups)
+    assert w.tolist() == pytest.approx([2 / 3, 2 / 3, 4 / 3, 4 / 3])
+    # mean_i(w_i l_i) = sum_g q_g mean_g l = (2 + 2 + 4) / 3
+    assert float((w * losses).mean()) == pytest.approx(8 / 3)
+    weighting.observe(losses, groups, torch.zeros(4, dtype=torch.long), 0)
+    # group means 2, 2, 4: q ~ (1/3) exp(0.5 * (2, 2, 4)), normalised
+    e = math.e
+    assert weighting.q.tolist() == pytest.approx([e / (2 * e + e * e)] * 2
+                                                 + [e * e / (2 * e + e * e)])
+    row = weighting.trajectory[-1]
+    # the row holds the q that weighted the step (like sigma)
+    assert [row[f"q_race_{g}"] for g in ATTRS["race"]] == pytest.approx([1 / 3] * 3)
+    # a group absent from the batch has mean 0: its q only shrinks relative to the others
+    before = weighting.q.clone()
+    weighting.observe(torch.tensor([1.0, 1.0]), torch.tensor([[0, 0, 0], [2, 0, 0]]),
+                      torch.zeros(2, dtype=torch.long), 1)
+    expected = before * torch.exp(0.5 * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    assert weighting.q.tolist() == pytest.approx((expected / expected.sum()).tolist())
+
+
+def test_new_arms_share_the_objective_and_resume_identically():
+    gen = torch.Generator().manual_seed(3)
+    batches = [random_batch(gen) for _ in range(12)]
+
+    def drive(weighting, steps):
+        out = []
+        for step, (groups, losses, timesteps) in steps:
+            out.append(weighting.weights(groups))
+            weighting.observe(losses, groups, timesteps, step)
+        return out
+
+    keys = ["gap_race", "gap_gender", "gap_ethnicity", "mean_loss", "y", "y_vr"]
+    reference = M.make_weighting("baseline", ATTRS, fb(), seed=0)
+    drive(reference, enumerate(batches))
+    for name in NEW_ARMS:
+        straight = new_arm(name, groupdro_eta=1.0)
+        w_straight = drive(straight, enumerate(batches))
+        assert [[r[k] for k in keys] for r in straight.trajectory] == \
+            [[r[k] for k in keys] for r in reference.trajectory]
+        first = new_arm(name, groupdro_eta=1.0)
+        w_first = drive(first, list(enumerate(batches))[:5])
+        resumed = new_arm(name, groupdro_eta=1.0)
+        resumed.load_state_dict(first.state_dict())
+        w_resumed = w_first + drive(resumed, list(enumerate(batches))[5:])
+        assert torch.equal(torch.stack(w_straight), torch.stack(w_resumed))
+    assert "groupdro_q" in new_arm("groupdro").state_dict()
+
+
+@pytest.mark.parametrize("name, settings, data, message", [
+    ("groupdro", {"group_attribute": None}, DATA, "fair_bayes.group_attribute"),
+    ("reweighted", {"group_attribute": "age"}, DATA, "fair_bayes.group_attribute"),
+    ("balanced", {"group_attribute": "race"}, None, "training data's groups"),
+    ("groupdro", {"group_attribute": "race", "groupdro_eta": -1}, DATA, "groupdro_eta"),
+])
+def test_new_arms_bad_settings_name_the_key(name, settings, data, message):
+    with pytest.raises(FairDiffError, match=message):
+        M.make_weighting(name, ATTRS, fb(**settings), seed=0, data_groups=data)

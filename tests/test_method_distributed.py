@@ -17,7 +17,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigma_identical_across_ranks(tmp_path):
+def test_method_state_identical_across_ranks(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     # accelerate 1.15: `--cpu` alone runs one process (its simple launcher); `--multi_gpu` starts
     # the torchrun launcher, and the script's Accelerator(cpu=True) then uses gloo on CPU.
@@ -39,3 +39,14 @@ def test_sigma_identical_across_ranks(tmp_path):
     # z is drawn per rank: the same groups get different weights on the two ranks
     assert ranks[0]["probe"] != ranks[1]["probe"]
 
+    # balanced, reweighted, groupdro: the same state on both ranks at every step
+    for name in ("balanced", "reweighted", "groupdro"):
+        a, b = ranks[0][name], ranks[1][name]
+        assert a["state"] == b["state"] and a["q"] == b["q"]
+        assert a["cell_weights"] == b["cell_weights"]
+        assert a["probabilities"] == b["probabilities"]
+        assert a["rows"] != b["rows"]   # each rank draws its own local batches
+    q = ranks[0]["groupdro"]["q"]
+    assert q[0] != q[-1]                      # q moved, from the gathered losses
+    assert ranks[0]["reweighted"]["cell_weights"] is not None
+    assert ranks[0]["balanced"]["probabilities"] is not None

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from scipy import stats as sps
 
 from fairdiffusion import cli
 from fairdiffusion.evaluate import measured, stats, tidy
-from fairdiffusion.report import study
+from fairdiffusion.report.study import compute
 
 DATASET = "synthfundus"
 ATTRS = {"race": ["Asian", "Black", "White"], "gender": ["Female", "Male"]}
@@ -81,13 +82,13 @@ def test_power_is_finite_where_scipys_noncentral_t_is_not():
 def test_window_signal_to_noise_separates_noise_from_window_signal():
     rng = np.random.default_rng(0)
     noise = pd.DataFrame({"y": rng.normal(-0.36, 0.2, 3000), "y_vr": rng.normal(0, 0.1, 3000)})
-    rows = {r["metric"]: r["value"] for r in study.snr_rows(noise, WINDOW, 200, 0)}
+    rows = {r["metric"]: r["value"] for r in compute.snr_rows(noise, WINDOW, 200, 0)}
     assert rows["y_within_sd"] == pytest.approx(0.2, rel=0.05)
     assert 0.7 < rows["y_snr"] < 1.4 and rows["y_snr_pvalue"] > 0.05
     # Window means that jump by +-0.1 (sd 0.1 against a noise sd of 0.2 / sqrt(30) = 0.037).
     shift = np.repeat(rng.choice([-0.1, 0.1], 100), WINDOW)
     signal = noise.assign(y=noise["y"] + shift)
-    rows = {r["metric"]: r["value"] for r in study.snr_rows(signal, WINDOW, 200, 0)}
+    rows = {r["metric"]: r["value"] for r in compute.snr_rows(signal, WINDOW, 200, 0)}
     assert rows["y_snr"] > 2.5 and rows["y_snr_pvalue"] < 0.01
 
 
@@ -183,6 +184,7 @@ def make_runs(root, effects, seeds=range(5), ceiling_black=0.99):
             "--measured-images", *map(str, args["images"]),
             "--quality", *map(str, args["quality"]), "--semantic", *map(str, args["semantic"]),
             "--trajectories", *map(str, args["traj"]), "--run-info", *map(str, args["info"]),
+            "--runs", *[f"{m}:{s}" for s in seeds for m in methods],
             "--manifest", str(results / "data" / "manifest.csv"),
             "--ceiling", str(results / "vae_ceiling.csv"),
             "--dataset", json.dumps({"source": "synthetic", "attributes": ATTRS, "labels": LABELS}),
@@ -276,6 +278,35 @@ def test_outputs_hold_runs_sigma_and_figures(majority_worse):
         assert (out / f"{name}.png").stat().st_size > 0
 
 
+def test_runs_are_named_by_arguments_not_by_paths(majority_worse, tmp_path, capsys):
+    """The per-run files can lie anywhere: --runs says whose each is (no path is parsed)."""
+    argv, _, _ = make_runs(tmp_path, {"fairdiffusion": {"White": -0.15},
+                                      "random": {"jitter": 0.03}})
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for option in ("--measured-images", "--trajectories", "--run-info"):
+        i = argv.index(option) + 1
+        while not argv[i].startswith("--"):
+            target = flat / f"{option.strip('-')}_{i}{Path(argv[i]).suffix}"
+            Path(argv[i]).rename(target)
+            argv[i] = str(target)
+            i += 1
+    assert cli.main(argv) == 0
+    expected = majority_worse[0] / "study.csv"
+    assert (tmp_path / "out" / "study.csv").read_text() == expected.read_text()
+    # a file that names its run must be the run --runs says it is
+    info = Path(argv[argv.index("--run-info") + 1])
+    info.write_text(json.dumps({"settings": {"seconds": 600.0, "method": "random", "seed": 0}}))
+    argv[argv.index("--out") + 1] = str(tmp_path / "out2")
+    assert cli.main(argv) == 2
+    assert "written by random seed 0, but passed as the file of baseline seed 0" in \
+        capsys.readouterr().err
+    runs = argv.index("--runs")
+    assert cli.main(argv[:runs + 1] + argv[runs + 2:]) == 2
+    assert "--measured-images: 15 file(s) for 14 run(s)" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
 def test_minority_improvement_is_named_as_the_reason(tmp_path):
     argv, _, _ = make_runs(tmp_path, {"fairdiffusion": {"Asian": 0.15, "Black": 0.15}})
     assert cli.main(argv) == 0
@@ -324,7 +355,7 @@ def test_paired_seeds_counts_the_seeds_every_arm_shares_with_the_baseline():
             for method, seeds in (("baseline", range(5)), ("fairdiffusion", range(3)),
                                   ("random", range(5)))
             for seed in seeds for group, value in BASE.items()]
-    checks = study.preconditions(pd.DataFrame(rows), None, "White", SETTINGS,
+    checks = compute.preconditions(pd.DataFrame(rows), None, "White", SETTINGS,
                                  {"race": list(BASE)}, ["cup_disc"])
     paired = next(c for c in checks if c["check"] == "paired seeds")
     assert paired["detail"].startswith("3 seeds shared by every arm with baseline")

@@ -89,6 +89,21 @@ def test_arms_share_data_noise_and_timesteps_for_a_seed(run):
     assert log_b["loss"][1] != log_r["loss"][1]
 
 
+def test_group_robust_arms_train_in_the_same_hook(run):
+    """balanced draws its own batches; reweighted and groupdro weight the shared ones."""
+    logs = {m: pd.read_csv(_train(run, f"robust_{m}", m, max_steps=2) / "train_log.csv")
+            for m in ("baseline", "reweighted", "groupdro", "balanced")}
+    # step 1's unweighted loss: the same batch, noise and timesteps except for balanced
+    assert logs["reweighted"]["loss"][0] == logs["groupdro"]["loss"][0] == \
+        logs["baseline"]["loss"][0]
+    assert logs["balanced"]["loss"][0] != logs["baseline"]["loss"][0]
+    assert logs["reweighted"]["loss"][1] != logs["baseline"]["loss"][1]
+    trajectory = pd.read_csv(run.root / "models" / "robust_groupdro" / "bo_trajectory.csv")
+    q = trajectory[[c for c in trajectory.columns if c.startswith("q_race_")]]
+    assert q.shape == (2, len(run.ds["attributes"]["race"]))
+    assert q.iloc[0].tolist() == pytest.approx([1 / q.shape[1]] * q.shape[1])
+
+
 def test_outputs_load_in_a_stock_pipeline(run):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 

@@ -6,6 +6,7 @@ first problem in one line that names the config key, then fills in the schema's 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jsonschema
@@ -47,27 +48,45 @@ def _message(error) -> str:
     return f"config key '{_key(error)}': {error.message}"
 
 
+def _validator(schema: dict):
+    return _with_defaults(jsonschema.validators.validator_for(schema))(schema)
+
+
+def _check_arms(config: dict) -> None:
+    """`methods` names registered arms (method.ARMS owns the list, the schema only the type)."""
+    from .method import ARMS
+
+    for i, name in enumerate(config.get("methods", [])):
+        if name not in ARMS:
+            raise FairDiffError(f"config key 'methods.{i}': '{name}' is not an arm; expected one "
+                                f"of {list(ARMS)} (fairdiffusion.method.ARMS)")
+
+
 def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate `config` in place, filling defaults; raise FairDiffError naming the bad key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator = _with_defaults(validator_class)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
     if error is not None:
         raise FairDiffError(_message(error))
+    _check_arms(config)
+    fair_bayes = config.get("fair_bayes", {})
+    if "group_attribute" in fair_bayes and fair_bayes["group_attribute"] is None:
+        # the schema's null: the primary endpoint's attribute (one owner for that default)
+        fair_bayes["group_attribute"] = config["study"]["attribute"]
     return config
 
 
-def validate_section(section: dict, *keys: str, schema_path: str | Path = SCHEMA) -> dict:
-    """Validate one section of a config in place (e.g. keys "evaluate", "classifier"), filling
-    its defaults, for commands handed that section alone; errors name the full key."""
+def section_defaults(values: dict | None, *keys: str, schema_path: str | Path = SCHEMA) -> dict:
+    """A copy of one config section (keys e.g. "fair_bayes", or "evaluate", "classifier")
+    validated with the schema's defaults filled in, for callers handed that section alone (a CLI
+    run by hand, tests, bench scripts); errors name the full key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     sub = schema
     for key in keys:
         sub = sub["properties"][key]
-    sub = {**sub, "$defs": schema["$defs"]}
-    validator = _with_defaults(jsonschema.validators.validator_for(schema))(sub)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(section))
+    section = copy.deepcopy(dict(values or {}))
+    error = jsonschema.exceptions.best_match(
+        _validator({**sub, "$defs": schema.get("$defs", {})}).iter_errors(section))
     if error is not None:
         error.path.extendleft(reversed(keys))
         raise FairDiffError(_message(error))

@@ -3,7 +3,8 @@ per-group scales are chosen online by Bayesian optimisation of a fairness object
 
 A small pure module (no I/O, no training loop). The training loop uses it once per step:
 
-    weighting = make_weighting(method, attributes, settings, seed, rank, broadcast)
+    weighting = make_weighting(method, attributes, settings, seed, rank, broadcast, data_groups)
+    order = weighting.batch_order(B)                     # balanced only: q -> batch rows
     w = weighting.weights(groups)                        # [B] loss weights of the local batch
     loss = (w * per_sample_loss).mean()
     weighting.observe(losses, groups, timesteps, step)   # gathered, unweighted, detached
@@ -19,14 +20,38 @@ Arms (`method`):
                     of its timestep bucket (VR_BUCKETS equal buckets over NUM_TRAIN_TIMESTEPS,
                     EMA with VR_MOMENTUM, updated with the batch before it is used) before
                     the group gaps are taken.
-Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting and
-what the GP is fitted to differ.
+The standard group-robust baselines (beyond the paper; issue 20). Their groups are the cells of
+fair_bayes.group_attribute (default: study.attribute, the primary endpoint's) or, with
+fair_bayes.intersect, of its intersection with every other attribute; sigma is reported as 0:
+  balanced          w_i = 1; each batch is drawn (with replacement) with P(i) = 1 / (K n_g(i))
+                    over the N training samples (n_g in cell g, K cells with samples), so every
+                    cell is drawn equally often; same steps and batch size. Its data order
+                    differs from the other arms' by design (seeded by (seed, batch index)); noise,
+                    timesteps, dropout and flips are still the shared ones.
+  reweighted        w_i = N / (K n_g(i)): static inverse-frequency weights, mean 1 over the
+                    training data.
+  groupdro          loss = sum_g q_g mean_{i in g} l_i, i.e. w_i = B q_g(i) / n_g(i) over the
+                    local batch; q starts uniform; after each step q_g <- q_g exp(eta L_g),
+                    normalised, L_g = mean loss of cell g in the gathered batch (0 when absent),
+                    eta = fair_bayes.groupdro_eta (Sagawa et al. 2020, exponentiated gradient).
+                    Deviation: Sagawa's Algorithm 1 updates q with the current batch before
+                    using it; here observe() updates it after the step from the gathered,
+                    unweighted losses, so the step uses the q of the batches before it (one step
+                    later) and every rank holds the same q without another collective. q is
+                    logged in the step rows (columns q_<cell>), like sigma.
+Every arm computes and reports the same quantities (raw gaps, y, y_vr); only the weighting (and
+the balanced arm's batches) and what the GP is fitted to differ. Every arm is an entry of ARMS.
 
 Order within one step t (t = number of observe() calls before this one, from 0):
   1. weights(): w_i = 1 + sum_a sigma_t[a, g_a(i)] z_ia, z fresh from the per-rank stream.
   2. the training loop optimises mean_i(w_i l_i).
-  3. observe(): y_t from the unweighted gathered losses; the pair (sigma_t, y_t) is recorded, so
-     the recorded sigma is the one that produced this step's weights.
+  3. observe(): y_t = -sum_a gap_a from the unweighted gathered losses, gap_a = max_g - min_g of
+     the group mean losses of attribute a; the pair (sigma_t, y_t) is recorded, so the recorded
+     sigma is the one that produced this step's weights. An attribute with any of its groups
+     absent from the gathered batch contributes gap 0 (fair_bayes.absent_groups: zero, the
+     default and the authors' rule, train_text_to_image_proposed.py:1034-1043: the empty
+     group's mean is NaN, so is the gap, which is set to 0); `skip` instead takes the gap over
+     the groups present (0 with fewer than 2), an option beyond the paper.
   4. if (t + 1) % time_window == 0: fit the GP to the window's pairs, sigma := argmax UCB,
      broadcast from process 0, history cleared (also when the update is skipped).
   5. sigma_{t+1} = rho * sigma + (1 - rho) * u_t, u_t ~ U(0,1)^D, applied every step, also right
@@ -54,9 +79,11 @@ Trajectory rows (bo_trajectory.csv), column `kind`:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -66,22 +93,62 @@ from .errors import FairDiffError
 
 log = logging.getLogger(__name__)
 
-ARMS = ("baseline", "fairdiffusion", "random", "fairdiffusion_vr")
-DEFAULT_SETTINGS = {
-    "time_window": 30,
-    "exploitation_rate": 0.95,
-    "ucb_beta": 0.1,
-    "num_restarts": 5,
-    "raw_samples": 20,
-    "attributes": None,
-}
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison. Everything that differs between arms is a field here, so an
+    arm is added by one entry in ARMS (and, for a new kind of weighting, its branch in
+    FairBayesWeighting.weights)."""
+
+    name: str
+    optimises: bool          # sigma driven by BO (a GP fitted to `objective`; a trajectory)
+    initial_sigma: float     # sigma at step 0 (0: the perturbation is off, w = 1 + 0 * z)
+    objective: str | None    # the trajectory column the GP is fitted to (y, y_vr); None: no BO
+    loss: str = "uniform"    # per-sample loss weights: uniform, perturbation, reweighted, groupdro
+    sampling: str = "shuffle"  # shuffle: per-epoch permutations (train.BatchOrder); balanced
+    reference: bool = False  # the plain arm every other arm is paired with (tables, study)
+    control: str | None = None  # the arm this one is also compared with in the study
+    summary: str = ""
+
+
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("baseline", optimises=False, initial_sigma=0.0, objective=None, reference=True,
+        summary="plain fine-tuning, w = 1"),
+    Arm("fairdiffusion", optimises=True, initial_sigma=1.0, objective="y", loss="perturbation",
+        control="random", summary="the paper: sigma chosen by BO of y"),
+    Arm("random", optimises=False, initial_sigma=1.0, objective=None, loss="perturbation",
+        summary="the paper's ablation: sigma fixed at 1, no BO"),
+    Arm("fairdiffusion_vr", optimises=True, initial_sigma=1.0, objective="y_vr",
+        loss="perturbation", control="random",
+        summary="fairdiffusion fitted to the variance-reduced y_vr (beyond the paper)"),
+    Arm("balanced", optimises=False, initial_sigma=0.0, objective=None, sampling="balanced",
+        summary="group-balanced sampling: P(sample) inverse to its group's frequency"),
+    Arm("reweighted", optimises=False, initial_sigma=0.0, objective=None, loss="reweighted",
+        summary="static inverse-frequency loss weights, mean 1 over the training data"),
+    Arm("groupdro", optimises=False, initial_sigma=0.0, objective=None, loss="groupdro",
+        summary="online group weights q (Sagawa et al. 2020), loss sum_g q_g mean_g l"),
+)}
+
+
+def arm(name: str) -> Arm:
+    """The registered arm `name`; a FairDiffError naming the registered ones otherwise."""
+    if name not in ARMS:
+        raise FairDiffError(f"method '{name}': expected one of {list(ARMS)}")
+    return ARMS[name]
+
+
+# The fair_bayes keys (their defaults and meaning: workflow/schemas/config.schema.yaml).
+SETTINGS = ("time_window", "exploitation_rate", "ucb_beta", "num_restarts", "raw_samples",
+            "attributes", "absent_groups", "group_attribute", "intersect", "groupdro_eta")
+# fair_bayes.absent_groups: how an attribute with a group absent from the batch enters y.
+ABSENT_RULES = ("zero", "skip")
 # fairdiffusion_vr only (beyond the paper): timestep buckets and their running-mean momentum.
 VR_BUCKETS = 10
 VR_MOMENTUM = 0.98
 NUM_TRAIN_TIMESTEPS = 1000
 
 # Random streams (the second entry of every seed key).
-_STREAM_Z, _STREAM_U, _STREAM_BO = 1, 2, 3
+_STREAM_Z, _STREAM_U, _STREAM_BO, _STREAM_SAMPLE = 1, 2, 3, 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,10 +167,16 @@ def perturbation_weights(groups: torch.Tensor, sigma_per_attr: Sequence[torch.Te
     return w
 
 
-def group_gaps(losses: torch.Tensor, groups: torch.Tensor,
-               group_sizes: Sequence[int]) -> torch.Tensor:
-    """Per attribute, max_g mean(l | g) - min_g mean(l | g) over the groups present; an attribute
-    with fewer than 2 groups present gets 0. Returns float64 [A]."""
+def group_gaps(losses: torch.Tensor, groups: torch.Tensor, group_sizes: Sequence[int],
+               absent: str = "zero") -> torch.Tensor:
+    """Per attribute, max_g mean(l | g) - min_g mean(l | g). Returns float64 [A].
+
+    absent = "zero" (the authors' rule, train_text_to_image_proposed.py:1034-1043): an attribute
+    with any of its groups absent from the batch gets 0 (the empty group's mean is NaN, so is
+    the gap, which is then set to 0). absent = "skip": the gap over the groups present; an
+    attribute with fewer than 2 groups present gets 0."""
+    if absent not in ABSENT_RULES:
+        raise ValueError(f"absent: expected one of {ABSENT_RULES}, got {absent!r}")
     # All attributes at once on an [A, max groups] grid (a handful of ops per step, not per
     # attribute); padding cells never hold a sample, so they count as absent groups.
     n_attr, width = len(group_sizes), max(group_sizes)
@@ -115,14 +188,12 @@ def group_gaps(losses: torch.Tensor, groups: torch.Tensor,
     means = sums / counts.clamp(min=1)
     highest = torch.where(present, means, -math.inf).amax(dim=1)
     lowest = torch.where(present, means, math.inf).amin(dim=1)
-    return torch.where(present.sum(dim=1) >= 2, highest - lowest, 0.0).to(torch.float64)
-
-
-def fairness_objective(losses: torch.Tensor, groups: torch.Tensor,
-                       group_sizes: Sequence[int]) -> tuple[float, torch.Tensor]:
-    """y = -sum_a gap_a (higher is fairer); returns (y, gaps [A])."""
-    gaps = group_gaps(losses, groups, group_sizes)
-    return -float(gaps.sum()), gaps
+    if absent == "zero":
+        padding = torch.arange(width) >= torch.tensor(list(group_sizes))[:, None]
+        counted = (present | padding).all(dim=1)
+    else:
+        counted = present.sum(dim=1) >= 2
+    return torch.where(counted, highest - lowest, 0.0).to(torch.float64)
 
 
 def refresh(sigma: torch.Tensor, u: torch.Tensor, rate: float) -> torch.Tensor:
@@ -150,6 +221,59 @@ def update_bucket_means(means: torch.Tensor, counts: torch.Tensor, losses: torch
     ema = momentum * means + (1.0 - momentum) * batch_means
     new_means = torch.where(seen_now, torch.where(counts > 0, ema, batch_means), means)
     return new_means, counts + batch_counts
+
+
+def group_cells(groups: torch.Tensor, group_sizes: Sequence[int],
+                attributes: Sequence[int]) -> torch.Tensor:
+    """The cell of every sample in the groups of the chosen attributes (one attribute: its group
+    index; several: their intersection, mixed radix in the given order). groups: [B, A]."""
+    cells = torch.zeros(groups.shape[0], dtype=torch.long)
+    for a in attributes:
+        cells = cells * group_sizes[a] + groups[:, a].to(torch.long)
+    return cells
+
+
+def inverse_frequency_weights(cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Per-cell weights N / (K n_g) from the training data's cells (n_g samples in cell g, K
+    cells with samples, N samples): inverse to the frequency, mean 1 over the training samples.
+    Cells without samples get 0. Returns float64 [num_cells]."""
+    counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+    present = counts > 0
+    return torch.where(present, len(cells) / (present.sum() * counts.clamp(min=1)), 0.0)
+
+
+def balanced_probabilities(cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """P(draw sample i) = 1 / (K n_g(i)): every cell with samples is drawn with probability 1/K.
+    Returns float64 [N], summing to 1."""
+    return inverse_frequency_weights(cells, num_cells)[cells] / len(cells)
+
+
+def balanced_batch(probabilities: torch.Tensor, batch_size: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Row indices of one batch, drawn with replacement from `probabilities` (as torch's
+    WeightedRandomSampler does)."""
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
+
+
+def cell_means(losses: torch.Tensor, cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Mean loss of every cell in the batch, 0 for a cell without samples. float64 [K]."""
+    counts = torch.bincount(cells, minlength=num_cells)
+    sums = torch.zeros(num_cells, dtype=torch.float64).index_add_(0, cells, losses.double())
+    return sums / counts.clamp(min=1)
+
+
+def groupdro_update(q: torch.Tensor, means: torch.Tensor, eta: float) -> torch.Tensor:
+    """q_g <- q_g exp(eta L_g), normalised (Sagawa et al. 2020, Algorithm 1; a cell absent from
+    the batch has L_g = 0, as in their loss.py)."""
+    q = q * torch.exp(eta * means)
+    return q / q.sum()
+
+
+def groupdro_weights(q: torch.Tensor, cells: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """w_i = B q_g(i) / n_g(i) over the batch, so mean_i(w_i l_i) = sum_g q_g mean_{i in g} l_i
+    (a cell absent from the batch contributes nothing). float64 [B]."""
+    counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+    return len(cells) * q.to(torch.float64)[cells] / counts[cells]
 
 
 class Proposal(NamedTuple):
@@ -251,12 +375,14 @@ def _fit_and_maximise(X: torch.Tensor, Y: torch.Tensor, settings: dict, seed: in
 # The stateful hook used by the training loop.
 
 
-def _check_settings(settings: dict | None, attributes: dict) -> dict:
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise FairDiffError(f"fair_bayes: unknown key(s) {unknown}; expected "
-                            f"{sorted(DEFAULT_SETTINGS)}")
+def _check_settings(settings: dict, attributes: dict) -> dict:
+    problems = [f"{what} key(s) {keys}" for what, keys in (
+        ("missing", sorted(set(SETTINGS) - set(settings))),
+        ("unknown", sorted(set(settings) - set(SETTINGS)))) if keys]
+    if problems:
+        raise FairDiffError(f"fair_bayes: {'; '.join(problems)}; expected {sorted(SETTINGS)} "
+                            f"(config.section_defaults fills in the schema's defaults)")
+    settings = dict(settings)
     if not (isinstance(settings["time_window"], int) and settings["time_window"] >= 2):
         raise FairDiffError("fair_bayes.time_window: expected an integer >= 2")
     if not 0.0 <= float(settings["exploitation_rate"]) <= 1.0:
@@ -266,6 +392,10 @@ def _check_settings(settings: dict | None, attributes: dict) -> dict:
     for key in ("num_restarts", "raw_samples"):
         if not (isinstance(settings[key], int) and settings[key] >= 1):
             raise FairDiffError(f"fair_bayes.{key}: expected a positive integer")
+    if settings["absent_groups"] not in ABSENT_RULES:
+        raise FairDiffError(f"fair_bayes.absent_groups: expected one of {list(ABSENT_RULES)}")
+    if not (isinstance(settings["groupdro_eta"], (int, float)) and settings["groupdro_eta"] >= 0):
+        raise FairDiffError("fair_bayes.groupdro_eta: expected a number >= 0")
     chosen = settings["attributes"]
     if chosen is not None:
         bad = [a for a in chosen if a not in attributes]
@@ -278,11 +408,11 @@ def _check_settings(settings: dict | None, attributes: dict) -> dict:
 class FairBayesWeighting:
     """State of one arm on one rank; see the module docstring for the order within a step."""
 
-    def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict | None,
+    def __init__(self, method: str, attributes: dict[str, list[str]], settings: dict,
                  seed: int, rank: int = 0,
-                 broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if method not in ARMS:
-            raise FairDiffError(f"method '{method}': expected one of {list(ARMS)}")
+                 broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 data_groups: torch.Tensor | None = None):
+        self.arm = arm(method)
         if not attributes or any(len(g) < 1 for g in attributes.values()):
             raise FairDiffError("attributes: expected at least one attribute with its groups")
         if int(seed) < 0 or int(rank) < 0:
@@ -300,12 +430,13 @@ class FairBayesWeighting:
         self.selected = [i for i, a in enumerate(names) if a in chosen]
         self._sizes_sel = [self.group_sizes[i] for i in self.selected]
         self.dim = sum(self._sizes_sel)
-        self.optimises = method in ("fairdiffusion", "fairdiffusion_vr")
-        self.sigma = torch.full((self.dim,), 0.0 if method == "baseline" else 1.0,
-                                dtype=torch.float64)
+        self.optimises = self.arm.optimises
+        self.sigma = torch.full((self.dim,), self.arm.initial_sigma, dtype=torch.float64)
+        self._setup_cells(data_groups)
         self.columns = (["step", "kind"]
                         + [f"sigma_{names[i]}_{g}" for i in self.selected
                            for g in self.attributes[names[i]]]
+                        + ([f"q_{c}" for c in self.cell_names] if self.q is not None else [])
                         + ["acq_value"] + [f"gap_{a}" for a in names]
                         + ["mean_loss", "y", "y_vr", "y_window_mean", "note"])
         self._gen = torch.Generator()
@@ -315,6 +446,48 @@ class FairBayesWeighting:
         self.vr_means = torch.zeros(VR_BUCKETS, dtype=torch.float64)
         self.vr_counts = torch.zeros(VR_BUCKETS, dtype=torch.long)
         self._rows: list[dict] = []
+
+    def _setup_cells(self, data_groups: torch.Tensor | None) -> None:
+        """The groups of balanced, reweighted and groupdro: the cells of fair_bayes.group_attribute
+        or, with fair_bayes.intersect, of its intersection with every other attribute."""
+        self.cell_attributes, self.cell_names = [], []
+        self.q = self.cell_weights = self.probabilities = None
+        if self.arm.loss not in ("reweighted", "groupdro") and self.arm.sampling != "balanced":
+            return
+        names, chosen = list(self.attributes), self.settings["group_attribute"]
+        if chosen not in self.attributes:
+            raise FairDiffError(f"fair_bayes.group_attribute: {chosen!r} is not among the "
+                                f"dataset's attributes {names} (needed by method {self.method!r})")
+        first = names.index(chosen)
+        self.cell_attributes = [first] + ([i for i in range(len(names)) if i != first]
+                                          if self.settings["intersect"] else [])
+        self.cell_names = ["&".join(f"{names[i]}_{g}" for i, g in zip(self.cell_attributes, combo))
+                           for combo in itertools.product(
+                               *[self.attributes[names[i]] for i in self.cell_attributes])]
+        self.num_cells = len(self.cell_names)
+        if self.arm.loss == "groupdro":
+            self.q = torch.full((self.num_cells,), 1.0 / self.num_cells, dtype=torch.float64)
+            return
+        if data_groups is None:
+            raise FairDiffError(f"method {self.method!r}: needs the training data's groups "
+                                f"(make_weighting's data_groups)")
+        cells = self._cells(data_groups)
+        if self.arm.loss == "reweighted":
+            self.cell_weights = inverse_frequency_weights(cells, self.num_cells)
+        if self.arm.sampling == "balanced":
+            self.probabilities = balanced_probabilities(cells, self.num_cells)
+
+    def _cells(self, groups: torch.Tensor) -> torch.Tensor:
+        return group_cells(self._check_groups(groups), self.group_sizes, self.cell_attributes)
+
+    def batch_order(self, batch_size: int) -> Callable[[int], torch.Tensor] | None:
+        """For an arm that draws its own batches (balanced): q -> row indices of global micro-batch
+        q, seeded by (seed, q) alone, so resumable and different on every rank. None otherwise
+        (the training loop's shuffled order)."""
+        if self.probabilities is None:
+            return None
+        return lambda q: balanced_batch(self.probabilities, batch_size,
+                                        self._generator(_STREAM_SAMPLE, int(q)))
 
     # -- randomness ------------------------------------------------------------------------------
 
@@ -345,8 +518,13 @@ class FairBayesWeighting:
         """Per-sample loss weights [B] (float32, on groups' device) for the local batch."""
         device = groups.device
         groups = self._check_groups(groups)
-        if self.method == "baseline":
+        if self.arm.loss == "uniform":
             return torch.ones(len(groups), device=device)
+        if self.arm.loss == "reweighted":
+            return self.cell_weights[self._cells(groups)].to(device=device, dtype=torch.float32)
+        if self.arm.loss == "groupdro":
+            w = groupdro_weights(self.q, self._cells(groups), self.num_cells)
+            return w.to(device=device, dtype=torch.float32)
         gen = self._generator(_STREAM_Z, self.rank, self._steps, self._calls)
         self._calls += 1
         z = torch.randn(len(groups), len(self.selected), generator=gen, dtype=torch.float64)
@@ -364,18 +542,21 @@ class FairBayesWeighting:
         if not len(losses) == len(groups) == len(timesteps):
             raise ValueError(f"observe: {len(losses)} losses, {len(groups)} group rows and "
                              f"{len(timesteps)} timesteps; expected equal lengths")
-        gaps = group_gaps(losses, groups, self.group_sizes)
+        absent = self.settings["absent_groups"]
+        gaps = group_gaps(losses, groups, self.group_sizes, absent)
         y = -float(gaps[self.selected].sum())  # the paper's y over the perturbed attributes
         note = ""
-        if bool(torch.isfinite(losses).all()):
+        finite = bool(torch.isfinite(losses).all())
+        if finite:
             self.vr_means, self.vr_counts = update_bucket_means(
                 self.vr_means, self.vr_counts, losses, timestep_buckets(timesteps))
             normalised = losses / self.vr_means[timestep_buckets(timesteps)].clamp(min=1e-12)
-            y_vr = -float(group_gaps(normalised, groups, self.group_sizes)[self.selected].sum())
+            y_vr = -float(group_gaps(normalised, groups, self.group_sizes,
+                                     absent)[self.selected].sum())
         else:
             y_vr = math.nan
             note = "non-finite loss: pair not recorded"
-        objective = y_vr if self.method == "fairdiffusion_vr" else y
+        objective = {"y": y, "y_vr": y_vr}.get(self.arm.objective, math.nan)
         mean_loss = float(losses.mean()) if len(losses) else math.nan
         if self.optimises and math.isfinite(objective):
             self._history["sigma"].append(self.sigma.clone())
@@ -384,6 +565,11 @@ class FairBayesWeighting:
             self._history["loss"].append(mean_loss)
         self._rows.append(self._row(step, "step", self.sigma, math.nan, gaps.tolist(),
                                     mean_loss, y, y_vr, math.nan, note))
+        if self.q is not None and finite:
+            # after the row, which holds the q that weighted this step
+            self.q = groupdro_update(self.q, cell_means(losses, self._cells(groups),
+                                                         self.num_cells),
+                                     float(self.settings["groupdro_eta"]))
         self._steps += 1
         self._calls = 0
         if self.optimises:
@@ -414,7 +600,8 @@ class FairBayesWeighting:
         self._history = {"sigma": [], "y": [], "gaps": [], "loss": []}
 
     def _row(self, step, kind, sigma, acq_value, gaps, mean_loss, y, y_vr, y_window_mean, note):
-        values = [int(step), kind, *sigma.tolist(), acq_value, *gaps, mean_loss, y, y_vr,
+        q = self.q.tolist() if self.q is not None else []
+        values = [int(step), kind, *sigma.tolist(), *q, acq_value, *gaps, mean_loss, y, y_vr,
                   y_window_mean, note]
         return dict(zip(self.columns, values))
 
@@ -447,6 +634,7 @@ class FairBayesWeighting:
             "history_loss": torch.tensor(h["loss"], dtype=torch.float64),
             "vr_bucket_means": self.vr_means.clone(),
             "vr_bucket_counts": self.vr_counts.clone(),
+            **({"groupdro_q": self.q.clone()} if self.q is not None else {}),
             "method": self.method,
             "seed": self.seed,
             "steps_observed": self._steps,
@@ -462,6 +650,12 @@ class FairBayesWeighting:
             raise FairDiffError(f"method state: sigma has shape {list(sigma.shape)}, expected "
                                 f"[{self.dim}] (were the attributes changed?)")
         self.sigma = sigma.clone()
+        if self.q is not None:
+            q = torch.as_tensor(state["groupdro_q"], dtype=torch.float64)
+            if q.shape != self.q.shape:
+                raise FairDiffError(f"method state: q has shape {list(q.shape)}, expected "
+                                    f"{list(self.q.shape)} (were the groups changed?)")
+            self.q = q.clone()
         hx = torch.as_tensor(state["history_sigma"], dtype=torch.float64)
         self._history = {
             "sigma": [row.clone() for row in hx],
@@ -477,12 +671,14 @@ class FairBayesWeighting:
         self._rows = []
 
 
-def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict | None,
+def make_weighting(method: str, attributes: dict[str, list[str]], settings: dict,
                    seed: int, rank: int = 0,
-                   broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> FairBayesWeighting:
+                   broadcast: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   data_groups: torch.Tensor | None = None) -> FairBayesWeighting:
     """The loss weighting of one arm. `attributes`: the dataset's {attribute: [groups]} (the
     column order of `groups`); `settings`: the config's fair_bayes section; `broadcast(tensor)`:
     returns process 0's copy of a CPU float64 tensor (e.g. accelerate.utils.broadcast; with NCCL
-    move it to the device and back); it is called by every rank at every BO step."""
-    return FairBayesWeighting(method, attributes, settings, seed, rank, broadcast)
+    move it to the device and back); it is called by every rank at every BO step;
+    `data_groups`: [N, A] groups of every training sample (balanced and reweighted need them:
+    their frequencies are those of the training data)."""
+    return FairBayesWeighting(method, attributes, settings, seed, rank, broadcast, data_groups)

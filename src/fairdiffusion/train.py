@@ -208,7 +208,8 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
                        model_cls=type(unet), model_config=unet.config)
     weighting = make_weighting(
         method, dataset["attributes"], fair_bayes, seed, rank,
-        broadcast=(lambda t: broadcast(t.to(device)).cpu()) if world > 1 else None)
+        broadcast=(lambda t: broadcast(t.to(device)).cpu()) if world > 1 else None,
+        data_groups=tensors["groups"])
 
     # window: losses of the steps since the last train_log row.
     step, elapsed, log_rows, trajectory, window = 0, 0.0, [], [], []
@@ -247,7 +248,8 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     lat_flip = tensors["latents_flipped"].to(device) if settings["random_flip"] else None
     text, empty = tensors["text"].to(device), tensors["empty_text"].to(device)
     prompt_index, groups = tensors["prompt_index"], tensors["groups"]
-    order = BatchOrder(len(lat), batch_size, seed)
+    # the balanced arm draws its own batches (method.py); every other arm the shuffled order
+    order = weighting.batch_order(batch_size) or BatchOrder(len(lat), batch_size, seed)
     timesteps_total = scheduler.config.num_train_timesteps
     dropout, max_steps = settings["prompt_dropout"], settings["max_steps"]
 
@@ -376,6 +378,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from .config import section_defaults
+
     runtime.set_threads(args.threads)
-    train(args.latents, args.base, args.dataset, args.train, args.method, args.fair_bayes,
-          args.seed, args.out, args.checkpoints)
+    train(args.latents, args.base, args.dataset, args.train, args.method,
+          section_defaults(args.fair_bayes, "fair_bayes"), args.seed, args.out, args.checkpoints)

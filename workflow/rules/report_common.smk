@@ -1,5 +1,6 @@
 # Helpers of report.smk: which tables and figures exist for a dataset, and their inputs.
 # report_targets() is what `rule all` asks for (the default run ends at the report's inputs).
+from fairdiffusion.method import ARMS
 
 TABLE_EXTS = ["csv", "md", "tex"]
 FIGURE_FORMATS = config["report"]["figure_formats"]
@@ -12,7 +13,8 @@ def has_measured(dataset):
 
 
 def has_paired():
-    return "baseline" in METHODS and len(METHODS) > 1
+    """The paired table needs the reference arm (method.ARMS) and another arm."""
+    return any(ARMS[m].reference for m in METHODS) and len(METHODS) > 1
 
 
 def metric_files(dataset, kind, reference=False):

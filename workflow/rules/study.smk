@@ -15,8 +15,8 @@ rule study_page:
         measured_images=lambda wc: study_run_files(wc, "measured_images.csv"),
         quality=lambda wc: metric_files(wc.dataset, "quality"),
         semantic=lambda wc: metric_files(wc.dataset, "semantic"),
-        trajectories=lambda wc: run_files(wc.dataset, "bo_trajectory.csv"),
-        run_info=lambda wc: run_files(wc.dataset, "run_info.json"),
+        trajectories=lambda wc: study_run_files(wc, "bo_trajectory.csv", "models"),
+        run_info=lambda wc: study_run_files(wc, "run_info.json", "models"),
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         base=base_model_input,
     output:
@@ -63,6 +63,7 @@ rule study_page:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         methods=as_arg(METHODS),
+        runs=" ".join(f"{method}:{seed}" for method, seed in STUDY_RUNS),
         study=as_arg(config["study"]),
         window=config["fair_bayes"]["time_window"],
         ceiling=study_ceiling,
@@ -73,7 +74,7 @@ rule study_page:
         "fairdiff study --measured {input.measured} "
         "--measured-images {input.measured_images} --quality {input.quality} "
         "--semantic {input.semantic} --trajectories {input.trajectories} "
-        "--run-info {input.run_info} --manifest {input.manifest} {params.ceiling} "
+        "--run-info {input.run_info} --runs {params.runs} --manifest {input.manifest} {params.ceiling} "
         "--dataset {params.dataset} --name {wildcards.dataset} --methods {params.methods} "
         "--study {params.study} --window {params.window} --command {params.command} "
         "--formats {params.formats} --out {params.out} > {log} 2>&1"

@@ -16,12 +16,17 @@ def study_command():
     )
 
 
-def study_run_files(wildcards, name):
-    return expand(
-        f"{RESULTS}/metrics/{wildcards.dataset}/{{method}}/seed{{seed}}/{name}",
-        method=METHODS,
-        seed=SEEDS,
-    )
+# Every arm x seed, in the one order of the per-run file lists and of `--runs` (the command is
+# told which run each file is; it never parses a path).
+STUDY_RUNS = [(method, seed) for method in METHODS for seed in SEEDS]
+
+
+def study_run_files(wildcards, name, stage="metrics"):
+    """One file per run of STUDY_RUNS: metrics/... or models/... (stage)."""
+    return [
+        f"{RESULTS}/{stage}/{wildcards.dataset}/{method}/seed{seed}/{name}"
+        for method, seed in STUDY_RUNS
+    ]
 
 
 def study_ceiling(wildcards):

@@ -124,7 +124,7 @@ def load_state(path: str, key: str) -> dict:
 def with_defaults(settings: dict) -> dict:
     """evaluate.classifier with the schema's defaults filled in (the workflow passes a validated
     config; direct calls of the CLI and tests may pass some keys only)."""
-    return config.validate_section(copy.deepcopy(settings), "evaluate", "classifier")
+    return config.section_defaults(settings, "evaluate", "classifier")
 
 
 def build(heads: dict[str, int], settings: dict, seed: int, size: int) -> nn.Module:
