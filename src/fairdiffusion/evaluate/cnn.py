@@ -9,7 +9,6 @@ local weights file; the semantic stage may build one single-head network per lab
 
 from __future__ import annotations
 
-import copy
 import logging
 import pickle
 from pathlib import Path
