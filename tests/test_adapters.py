@@ -94,7 +94,7 @@ def test_fairgenmed_manifest_prompts_and_unknowns(tmp_path, caplog):
         "glaucoma, mild vision loss, borderline cup-disc ratio, negative")
     assert by_id.loc["data_00002", "prompt"] == (
         "SLO fundus image of a Black Female Hispanic patient with the following conditions: "
-        "non-glaucoma, normal vision loss, normal cup-disc ratio, positive")
+        "non-glaucoma, normal vision, normal cup-disc ratio, positive")
     # integer codes in data_summary.csv index the class lists; long race names are understood
     assert by_id.loc["data_00005", ["race", "vision_loss", "cup_disc"]].tolist() == [
         "White", "severe", "abnormal"]
