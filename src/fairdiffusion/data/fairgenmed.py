@@ -58,11 +58,14 @@ image options of `images` (downsample, minmax, rotate, interpolation), workers.
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from ..errors import FairDiffError
 from . import images
@@ -230,7 +233,7 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
     columns = _columns(summary, opts, root)
     log.info("FairGenMed is licensed CC BY-NC-ND 4.0: non-commercial research use only")
 
-    rows, loaders, missing_summary = [], {}, 0
+    subjects = []                                   # (split, stem, npz, jpg)
     for split, folder in _split_dirs(root, opts).items():
         jpgs = images.find(folder, "slo_*.jpg") if opts.get("image") == "jpg" else {}
         for stem, npz in images.find(folder, "data_*.npz").items():
@@ -240,28 +243,40 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
                 raise FairDiffError(f"{folder}: no slo_fundus_{number}.jpg for {npz} "
                                     f"(options.image: jpg reads the published photo; "
                                     f"options.image: npz the array inside the npz)")
-            try:
-                with _load_npz(npz) as data:
-                    race = race_word(_scalar(data, ("race",), npz))
-                    gender = code_or_word(_scalar(data, ("male", "gender"), npz), GENDER)
-                    ethnicity = code_or_word(_scalar(data, ("hispanic", "ethnicity"), npz),
-                                             ETHNICITY)
-                    glaucoma = code_or_word(_scalar(data, ("glaucoma",), npz), GLAUCOMA)
-            except (OSError, ValueError, zipfile.BadZipFile) as err:
-                raise FairDiffError(f"{npz}: cannot read the npz ({err})") from err
-            row = {"id": stem, "split": split, "patient": stem, "race": race, "gender": gender,
-                   "ethnicity": ethnicity, "glaucoma": glaucoma}
-            if f"{stem}.npz" in summary.index:
-                record = summary.loc[f"{stem}.npz"]
-                for label, column in columns.items():
-                    classes, synonyms = LABELS[label]
-                    row[label] = code_or_word(record[column], classes, synonyms)
-            else:
-                missing_summary += 1
-                row.update({label: UNKNOWN for label in LABELS})
-            row["prompt"] = prompt(row)
-            rows.append(row)
-            loaders[stem] = _loader(npz, jpg, opts)
+            subjects.append((split, stem, npz, jpg))
+
+    def groups(subject):
+        npz = subject[2]
+        try:
+            with _load_npz(npz) as data:
+                return (race_word(_scalar(data, ("race",), npz)),
+                        code_or_word(_scalar(data, ("male", "gender"), npz), GENDER),
+                        code_or_word(_scalar(data, ("hispanic", "ethnicity"), npz), ETHNICITY),
+                        code_or_word(_scalar(data, ("glaucoma",), npz), GLAUCOMA))
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise FairDiffError(f"{npz}: cannot read the npz ({err})") from err
+
+    # Threads: a zipped npz is decompressed whole (its OCT volume too) to read four scalars,
+    # and zlib releases the GIL.
+    workers = opts.get("workers") or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        scalars = list(tqdm(pool.map(groups, subjects), total=len(subjects), mininterval=2.0,
+                            desc=f"{name} npz", unit="file"))
+    rows, loaders, missing_summary = [], {}, 0
+    for (split, stem, npz, jpg), (race, gender, ethnicity, glaucoma) in zip(subjects, scalars):
+        row = {"id": stem, "split": split, "patient": stem, "race": race, "gender": gender,
+               "ethnicity": ethnicity, "glaucoma": glaucoma}
+        if f"{stem}.npz" in summary.index:
+            record = summary.loc[f"{stem}.npz"]
+            for label, column in columns.items():
+                classes, synonyms = LABELS[label]
+                row[label] = code_or_word(record[column], classes, synonyms)
+        else:
+            missing_summary += 1
+            row.update({label: UNKNOWN for label in LABELS})
+        row["prompt"] = prompt(row)
+        rows.append(row)
+        loaders[stem] = _loader(npz, jpg, opts)
     if not rows:
         raise FairDiffError(f"{root}: no data_*.npz files in the split folders")
     if missing_summary:
