@@ -57,6 +57,7 @@ image options of `images` (downsample, minmax, rotate, interpolation), workers.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import zipfile
@@ -205,7 +206,9 @@ def _split_dirs(root: Path, opts: dict) -> dict:
 
 def _load_npz(where):
     """np.load of an npz file or zip member (a member is read into memory)."""
-    return np.load(images.open_file(where), allow_pickle=False)
+    if isinstance(where, images.Member):
+        return np.load(io.BytesIO(images.read_bytes(where)), allow_pickle=False)
+    return np.load(where, allow_pickle=False)
 
 
 def _loader(npz, jpg, opts: dict):

@@ -113,13 +113,6 @@ def read_bytes(where: Path | Member) -> bytes:
     return Path(where).read_bytes()
 
 
-def open_file(where: Path | Member):
-    """A binary file object of a file or of a zip member (in memory)."""
-    if isinstance(where, Member):
-        return io.BytesIO(read_bytes(where))
-    return open(where, "rb")
-
-
 def array_to_image(array: np.ndarray) -> Image.Image:
     """A 2-D (grey) or H x W x {1,3} array as an 8-bit PIL image.
 
