@@ -14,11 +14,16 @@ from fairdiffusion.data import manifest, synthetic
 from fairdiffusion.data.prepare import prepare
 from fairdiffusion.errors import FairDiffError
 
-# The authors' FairGenMed prompt template, written out independently of the module.
+# The authors' FairGenMed prompt, written out independently of the module: template
+# data_handler.py:102, condition words :230-232 and :357-360, "normal vision loss" written
+# "normal vision" (:370-371).
 PROMPT = re.compile(
     r"SLO fundus image of a (Asian|Black|White) (Female|Male) (Non-Hispanic|Hispanic) patient "
-    r"with the following conditions: (glaucoma|non-glaucoma), (normal|mild|moderate|severe) "
-    r"vision loss, (normal|borderline|abnormal) cup-disc ratio, (positive|neutral|negative)")
+    r"with the following conditions: (glaucoma|non-glaucoma), (normal vision|mild vision loss|"
+    r"moderate vision loss|severe vision loss), (normal|borderline|abnormal) cup-disc ratio, "
+    r"(positive|neutral|negative)")
+VISION_WORDS = {"normal": "normal vision", "mild": "mild vision loss",
+                "moderate": "moderate vision loss", "severe": "severe vision loss"}
 BALANCED = {"race": [1 / 3, 1 / 3, 1 / 3]}
 WHITE_ONLY = {"race": [0.0, 0.0, 1.0]}
 
@@ -72,11 +77,15 @@ def test_manifest_follows_the_contract(tmp_path, root):
     frame = manifest.read(tmp_path / "sf" / "manifest.csv", cfg["attributes"], cfg["labels"])
     assert frame.groupby("split").size().to_dict() == {"train": 40, "val": 10, "test": 10}
     assert frame["patient"].is_unique
+    # every group and class occurs, so the prompt check below covers all of their words
+    for column, values in {**cfg["attributes"], **cfg["labels"]}.items():
+        assert set(frame[column]) == set(values), column
     for row in frame.itertuples():
         match = PROMPT.fullmatch(row.prompt)
         assert match, row.prompt
         assert match.groups() == (row.race, row.gender, row.ethnicity, row.glaucoma,
-                                  row.vision_loss, row.cup_disc, row.spherical_equivalent)
+                                  VISION_WORDS[row.vision_loss], row.cup_disc,
+                                  row.spherical_equivalent)
         with Image.open(tmp_path / "sf" / row.image) as image:
             assert image.mode == "RGB" and image.size == (48, 48)
 

@@ -1,7 +1,9 @@
 """`fairdiff cache-latents`: encode a split's images and prompts once; training reads only this.
 
 Output: one safetensors file per dataset and split (results/latents/{dataset}/{split}/
-latents.safetensors) holding
+latents.safetensors). The train split's cache holds the rows of every split in `train.splits`
+(default [train]; the paper's run [train, val], as the authors fine-tune on both), in manifest
+order; its metadata names them (`splits`). It holds
   latents          float32 [N, C, h, w]  VAE posterior mean x scaling_factor
   latents_flipped  float32 [N, C, h, w]  the same for the horizontally flipped image (only when
                                          train.random_flip is on)
@@ -10,7 +12,8 @@ latents.safetensors) holding
   empty_text       float32 [1, L, D]     hidden states of the empty prompt (prompt dropout, CFG)
   groups           int64 [N, A]          group index per attribute, in the dataset's declared order
   labels           int64 [N, K]          class index per clinical label, in declared order
-and, as JSON strings in the file's metadata: ids, prompts, attributes, labels, base, scaling_factor.
+and, as JSON strings in the file's metadata: ids, prompts, attributes, labels, base, split (the
+cache's name), splits (the manifest splits of its rows), scaling_factor.
 
 The posterior mean is cached rather than a sample: the cache is shared by every arm and seed and
 computed once, so a sample would freeze one arbitrary draw of encoder noise into all runs
@@ -65,11 +68,13 @@ def encode_images(vae, images: np.ndarray, batch_size: int) -> torch.Tensor:
 
 
 def cache(base: str, manifest_path: Path, split: str, dataset: dict, random_flip: bool,
-          out: Path, batch_size: int = 64) -> dict:
+          out: Path, batch_size: int = 64, splits: list[str] | None = None) -> dict:
+    """Encode the rows of `splits` (default [split]) into the cache named `split`."""
+    splits = list(splits or [split])
     frame = manifest.read(manifest_path, dataset["attributes"], dataset["labels"])
-    frame = frame[frame["split"] == split].reset_index(drop=True)
+    frame = frame[frame["split"].isin(splits)].reset_index(drop=True)
     if not len(frame):
-        raise FairDiffError(f"{manifest_path}: no rows in split '{split}'")
+        raise FairDiffError(f"{manifest_path}: no rows in split(s) {splits}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae = models.load(base, "vae").to(device).eval()
     text_encoder = models.load(base, "text_encoder").to(device).eval()
@@ -95,14 +100,16 @@ def cache(base: str, manifest_path: Path, split: str, dataset: dict, random_flip
         "labels": json.dumps(dataset["labels"]),
         "base": base,
         "split": split,
+        "splits": json.dumps(splits),
         "scaling_factor": repr(float(vae.config.scaling_factor)),
     }
     from safetensors.torch import save_file
 
     with io.atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    log.info("cached %d %s rows (%d prompts): latents %s, latent std %.3f", len(frame), split,
-             len(prompts), tuple(tensors["latents"].shape), float(tensors["latents"].std()))
+    log.info("cached %d rows of %s as the %s cache (%d prompts): latents %s, latent std %.3f",
+             len(frame), "+".join(splits), split, len(prompts), tuple(tensors["latents"].shape),
+             float(tensors["latents"].std()))
     return tensors
 
 
@@ -119,6 +126,7 @@ def read(path: str | Path) -> tuple[dict, dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         for key in ("ids", "prompts", "attributes", "labels"):
             meta[key] = json.loads(meta[key])
+        meta["splits"] = json.loads(meta.get("splits") or json.dumps([meta.get("split")]))
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
         raise FairDiffError(f"{path}: incomplete or corrupt latent cache ({err}); rebuild it "
                             f"(snakemake --forcerun cache_latents, or fairdiff cache-latents)"
@@ -131,7 +139,11 @@ def add_arguments(parser):
 
     parser.add_argument("--base", required=True, help="diffusers model id or folder")
     parser.add_argument("--manifest", required=True, type=Path)
-    parser.add_argument("--split", required=True, choices=manifest.SPLITS)
+    parser.add_argument("--split", required=True, choices=manifest.SPLITS,
+                        help="the cache's name (latents/{dataset}/{split}/)")
+    parser.add_argument("--splits", nargs="+", choices=manifest.SPLITS, default=None,
+                        help="manifest splits whose rows it holds (default: --split; "
+                             "train.splits for the train cache)")
     parser.add_argument("--dataset", required=True, type=json_arg, help="the dataset's config")
     parser.add_argument("--random-flip", action="store_true",
                         help="also cache the latents of the flipped images (train.random_flip)")
@@ -143,4 +155,4 @@ def add_arguments(parser):
 def run(args):
     runtime.set_threads(args.threads)
     cache(args.base, args.manifest, args.split, args.dataset, args.random_flip, args.out,
-          args.batch_size)
+          args.batch_size, args.splits)

@@ -1,4 +1,5 @@
 # Latents: VAE latents and text-encoder states of a split, computed once and shared by every arm.
+# The train split's cache holds the rows of train.splits.
 
 
 rule cache_latents:
@@ -30,7 +31,11 @@ rule cache_latents:
             if wc.split == "train" and config["train"]["random_flip"]
             else ""
         ),
+        # The training cache holds the rows of train.splits (the paper: train + val).
+        splits=lambda wc: " ".join(
+            config["train"]["splits"] if wc.split == "train" else [wc.split]
+        ),
     shell:
         "fairdiff cache-latents --base {params.base} --manifest {input.manifest} "
-        "--split {wildcards.split} --dataset {params.dataset} {params.flip} "
-        "--out {output.latents} --threads {threads} > {log} 2>&1"
+        "--split {wildcards.split} --splits {params.splits} --dataset {params.dataset} "
+        "{params.flip} --out {output.latents} --threads {threads} > {log} 2>&1"

@@ -1,13 +1,20 @@
 """CheXpert (chest X-ray; Irvin et al. 2019) -> the common manifest.
 
 CheXpert needs registration (Stanford AIMI), so it is never downloaded: point
-`datasets.<name>.path` at the local copy. Published layout::
+`datasets.<name>.path` at the local copy. Published layout, read as downloaded::
 
-    train.csv, valid.csv     Path, Sex, Age, Frontal/Lateral, AP/PA, 14 observations
-                             (1.0 positive, 0.0 negative, -1.0 uncertain, blank not mentioned)
-    CheXpert-v1.0[-small]/{train,valid}/patientNNNNN/studyN/viewN_{frontal,lateral}.jpg
-    CHEXPERT DEMO.xlsx (or a CSV export of it)   PATIENT, GENDER, AGE_AT_CXR, PRIMARY_RACE,
-                             ETHNICITY; keyed by patient id (patientNNNNN)
+    CheXpert-v1.0-small/          (CheXpert-v1.0-small.zip extracted; or CheXpert-v1.0/)
+        train.csv, valid.csv      Path, Sex, Age, Frontal/Lateral, AP/PA, 14 observations
+                                  (1.0 positive, 0.0 negative, -1.0 uncertain, blank not
+                                  mentioned); Path relative to the folder above, e.g.
+                                  CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg
+        train/, valid/            patientNNNNN/studyN/viewN_{frontal,lateral}.jpg
+    CHEXPERT DEMO.xlsx            the separate demographics download, beside that folder:
+                                  PATIENT, GENDER, AGE_AT_CXR, PRIMARY_RACE, ETHNICITY (read
+                                  with openpyxl; a CSV export of it works too)
+
+`path` may name either folder: the one holding CheXpert-v1.0-small/ (and the sheet), or
+CheXpert-v1.0-small/ itself. The sheet is looked for beside train.csv and one folder up.
 
 Attributes and label (manifest value = word of the authors' prompt):
     gender            Male | Female from `Sex` (Unknown is dropped and counted)
@@ -22,10 +29,15 @@ Attributes and label (manifest value = word of the authors' prompt):
                       authors: -1 and blank -> negative) | ones (-1 -> positive) | drop (-1 rows
                       dropped and counted); blank is negative under every policy
 
-Prompt (the authors' template, exactly)::
+Prompt (the authors' template and words, data_handler_chexpert.py:40-55)::
 
     Chest Radiography image of a {Male|Female} {Asian|Black|White} patient diagnosed with
     {non Pleural Effusion|Pleural Effusion}
+
+The authors read a pre-sampled table (chexpert_sample_{train_6000,val_1000,test_3000}.csv,
+data_handler_chexpert.py:63-68) with race already Asian/Black/White (:114) and uncertain -1 set
+to negative (:145-146); that table is not published, so the race grouping, the frontal-only
+filter and the split here are ours.
 
 Only frontal views are kept by default (options.frontal_only: true). train.csv and valid.csv
 are pooled and split at the patient level with a seeded shuffle (options.split_fractions,
@@ -33,7 +45,8 @@ default train 0.7 / val 0.1 / test 0.2; options.split_seed, default 0), so no pa
 splits.
 
 Options: uncertain, frontal_only, split_fractions, split_seed, csvs (default [train.csv,
-valid.csv]), demographics (path relative to the root), workers.
+valid.csv]), demographics (path relative to the folder of train.csv), the image options of
+`images` (downsample, minmax, rotate, interpolation), workers.
 """
 
 from __future__ import annotations
@@ -80,18 +93,32 @@ def effusion(value, policy: str) -> str:
     return POSITIVE if number == 1.0 else NEGATIVE
 
 
+def locate(root: Path) -> Path:
+    """The folder holding train.csv: `root` itself or its CheXpert-v1.0*/ subfolder."""
+    if (root / "train.csv").is_file():
+        return root
+    inner = sorted(p.parent for p in root.glob("CheXpert-v1.0*/train.csv"))
+    if len(inner) == 1:
+        return inner[0]
+    raise FairDiffError(f"{root}: no CheXpert train.csv here or in a CheXpert-v1.0*/ folder "
+                        f"(found {len(inner)}); set path to the folder CheXpert-v1.0-small.zip "
+                        f"was extracted into, or to CheXpert-v1.0-small/ itself")
+
+
 def _demographics(root: Path, opts: dict) -> pd.DataFrame:
-    names = [opts["demographics"]] if opts.get("demographics") else list(DEMOGRAPHICS)
-    path = next((root / n for n in names if (root / n).exists()), None)
+    if opts.get("demographics"):
+        candidates = [root / opts["demographics"]]
+    else:
+        candidates = [folder / n for folder in (root, root.parent) for n in DEMOGRAPHICS]
+    path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise FairDiffError(f"{root}: CheXpert demographics sheet not found (tried {names}; "
-                            f"set options.demographics)")
+        raise FairDiffError(f"{root}: CheXpert demographics sheet not found (tried "
+                            f"{[str(c) for c in candidates]}; set options.demographics)")
     if path.suffix == ".xlsx":
         try:
             frame = pd.read_excel(path, dtype=str)
-        except ImportError as err:
-            raise FairDiffError(f"{path}: reading .xlsx needs openpyxl; install it or save the "
-                                f"sheet as CSV and set options.demographics") from err
+        except (ImportError, ValueError, OSError) as err:
+            raise FairDiffError(f"{path}: cannot read the sheet ({err})") from err
     else:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("PATIENT", "PRIMARY_RACE") if c not in frame.columns]
@@ -136,7 +163,7 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
     if policy not in POLICIES:
         raise FairDiffError(f"datasets.{name}.options.uncertain: expected one of "
                             f"{list(POLICIES)}, got {policy!r}")
-    root = images.source_root(name, cfg)
+    root = locate(images.source_root(name, cfg))
     table = _read_csvs(root, opts)
     demo = _demographics(root, opts)
 

@@ -51,9 +51,9 @@ LICENCE = ("FairGenMed is licensed CC BY-NC-ND 4.0 (https://creativecommons.org/
 CHEXPERT_HELP = (
     "CheXpert cannot be downloaded without registration. Request it via "
     "https://stanfordmlgroup.github.io/competitions/chexpert/ (Stanford AIMI shared datasets: "
-    "CheXpert, and the separate CheXpert demographics sheet CHEXPERT DEMO.xlsx), unpack it, and "
-    "set datasets.{name}.path to the folder holding train.csv, valid.csv and the demographics "
-    "sheet (or put them in {out})")
+    "CheXpert, and the separate CheXpert demographics sheet CHEXPERT DEMO.xlsx), extract "
+    "CheXpert-v1.0-small.zip and put CHEXPERT DEMO.xlsx beside the CheXpert-v1.0-small folder, "
+    "in {out} or in a folder you name in datasets.{name}.path")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 CHUNK = 1 << 20
 
@@ -288,12 +288,18 @@ def hf_snapshot(repo: str, revision: str | None, out: Path) -> dict:
 # --- local copies ----------------------------------------------------------------------------
 
 def check_local(name: str, out: Path) -> dict:
-    """CheXpert: accept a copy placed in `out` by hand (recording its CSVs' sha256), or fail."""
-    if not (out / "train.csv").is_file():
+    """CheXpert: accept a copy placed in `out` by hand (recording the sha256 of its CSVs and
+    demographics sheet), or fail."""
+    from .chexpert import locate
+
+    try:
+        csv_dir = locate(out)
+    except FairDiffError as err:
         raise FairDiffError(f"{out}: no CheXpert copy found. " +
-                            CHEXPERT_HELP.format(name=name, out=out))
-    files = sorted(p for p in out.iterdir() if p.is_file() and p.suffix in (".csv", ".xlsx")
-                   and p.name != MARKER)
-    record = {"local": str(out), "sha256": {p.name: io.sha256_file(p) for p in files}}
+                            CHEXPERT_HELP.format(name=name, out=out)) from err
+    files = sorted({p for folder in {csv_dir, out} for p in folder.iterdir()
+                    if p.is_file() and p.suffix in (".csv", ".xlsx") and p.name != MARKER})
+    record = {"local": str(out),
+              "sha256": {str(p.relative_to(out)): io.sha256_file(p) for p in files}}
     io.write_json(out / MARKER, record)
     return record

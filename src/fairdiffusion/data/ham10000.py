@@ -1,10 +1,14 @@
 """HAM10000 (dermoscopy; Tschandl et al. 2018) -> the common manifest.
 
-Published layout (Harvard Dataverse doi:10.7910/DVN/DBW86T; found anywhere under the root)::
+Published layout (Harvard Dataverse doi:10.7910/DVN/DBW86T, its "download all" zip unpacked;
+every file is found anywhere under the root)::
 
     HAM10000_metadata.csv (or .tab, the Dataverse archival form)
         lesion_id, image_id, dx, dx_type, age, sex, localization
-    HAM10000_images_part_1/ISIC_*.jpg, HAM10000_images_part_2/ISIC_*.jpg
+    HAM10000_images_part_1.zip, HAM10000_images_part_2.zip   ISIC_*.jpg (read inside the
+        zips, or extracted, e.g. HAM10000_images_part_1/ISIC_*.jpg as `fairdiff download`
+        leaves them)
+    (the archive's other files, ISIC2018 test images and segmentations, are not used)
 
 Attributes and label (manifest value -> word of the authors' prompt):
     gender      Female | Male from `sex` (unknown sex is dropped and counted)
@@ -12,10 +16,16 @@ Attributes and label (manifest value -> word of the authors' prompt):
                 (age < 60 vs >= 60; a missing age is dropped and counted)
     malignancy  malignant when dx is mel, bcc or akiec; benign for nv, bkl, df, vasc
 
-Prompt (the authors' template, exactly)::
+Prompt (the authors' template and words, data_handler_ham.py:24-42)::
 
     Dermoscopic image of a {Male|Female} {Age under 60|Age equal 60 or older} patient with the
     following diagnostic category: {benign|malignant}
+
+The gender word is the patient's gender and the age words the patient's age group. (The
+published handler appends [age, gender] (data_handler_ham.py:80-81) but reads the gender word
+from attr[0] and the age words from attr[1] (:32-33), crossing them; the same handler forces
+every split to read new_train.csv (:54) and reports a length of 10 (:116-117), so it is not
+the code behind the paper's HAM10000 results, and its crossing is not reproduced.)
 
 HAM10000 has no official train/val/test split and several images per lesion, so the split is
 drawn here at the lesion level (`lesion_id`, the only patient-like key the dataset has; stored
@@ -23,7 +33,8 @@ in the `patient` column), after unknown rows are dropped: a seeded shuffle of th
 by `options.split_fractions` (default train 0.7, val 0.1, test 0.2) with `options.split_seed`
 (default 0).
 
-Options: metadata (path relative to the root), split_fractions, split_seed, workers.
+Options: metadata (path relative to the root), split_fractions, split_seed, the image options
+of `images` (downsample, minmax, rotate, interpolation), workers.
 """
 
 from __future__ import annotations
@@ -89,9 +100,7 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
     opts = cfg.get("options") or {}
     root = images.source_root(name, cfg)
     meta, meta_path = _metadata(root, opts)
-    files = {}
-    for path in sorted(root.rglob("ISIC_*.jpg")):
-        files.setdefault(path.stem, path)
+    files = images.find(root, "ISIC_*.jpg")
 
     rows, missing = [], []
     for record in meta.itertuples(index=False):
@@ -108,7 +117,7 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
                     len(missing), meta_path.name, root, missing[:3])
     if not rows:
         raise FairDiffError(f"{root}: none of the images listed in {meta_path} was found "
-                            f"(expected HAM10000_images_part_{{1,2}}/ISIC_*.jpg)")
+                            f"(expected ISIC_*.jpg in HAM10000_images_part_{{1,2}}[.zip])")
 
     frame = pd.DataFrame(rows)
     return images.split_patients_and_write(frame, files, cfg, opts, name, FRACTIONS, out_dir)

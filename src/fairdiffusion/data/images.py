@@ -1,16 +1,35 @@
-"""Shared helpers of the dataset adapters: images (load, square, write PNGs) and the few table
-steps every adapter repeats (where the local copy lives, patient-level splits, dropping rows).
+"""Shared helpers of the dataset adapters: images (find, load, square, write PNGs) and the few
+table steps every adapter repeats (where the local copy lives, patient-level splits, dropping
+rows).
 
-Every adapter turns its source images into RGB PNGs of `resolution x resolution`: the shorter
-side is resized to `resolution` (Lanczos), then the centre is cropped, as diffusers'
-`train_text_to_image.py --resolution --center_crop` does at load time. Doing it once here means
-every later stage reads ready-made squares.
+Every adapter turns its source images into RGB PNGs of `resolution x resolution`, once, so every
+later stage reads ready-made squares. By default the shorter side is resized to `resolution`
+(Lanczos) and the centre cropped, as diffusers' `train_text_to_image.py --resolution
+--center_crop` does at load time. The adapter options below (`datasets.<name>.options`, every
+source) reproduce the authors' loaders instead, applied in their order:
+
+    downsample: N     resize to N x N first, aspect not kept (data_handler_ham.py:95-97 and
+                      data_handler_chexpert.py:130-132 resize to 200 x 200; PIL bilinear here,
+                      skimage's anti-aliased bilinear there)
+    minmax: true      min-max normalise each image to 0-255, truncating (their normalize_image,
+                      train_text_to_image_proposed.py:516-527, applied at :802)
+    rotate: D         turn by D degrees counter-clockwise, nearest neighbour, same canvas size
+                      (their transforms.RandomRotation((-90, -90)), :792)
+    interpolation: bilinear
+                      torchvision Resize(resolution, BILINEAR) + CenterCrop(resolution), their
+                      :793-794 (default lanczos: the PIL resize and crop above)
+
+Source files may also sit inside zip archives under the dataset folder, as the published
+archives arrive (HAM10000's image parts, FairGenMed's NPZ.zip): `find` lists them as `Member`s,
+read in place, so a read-only copy (a Hugging Face cache) works unextracted.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
@@ -30,6 +49,68 @@ class Job(NamedTuple):
     source: str
     load: Callable[[], Image.Image]
     target: Path
+
+
+class Member(NamedTuple):
+    """A file inside a zip archive: `archive` on disk, `name` the member's path in it."""
+
+    archive: Path
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.archive}:{self.name}"
+
+
+class Preprocess(NamedTuple):
+    """How a source image becomes the square PNG (see the module docstring)."""
+
+    downsample: int | None = None
+    minmax: bool = False
+    rotate: float = 0.0
+    interpolation: str = "lanczos"
+
+
+INTERPOLATIONS = ("lanczos", "bilinear")
+
+
+def preprocess(opts: dict, name: str) -> Preprocess:
+    """The image options of `datasets.<name>.options` (unset = the default pipeline)."""
+    chosen = Preprocess(opts.get("downsample"), bool(opts.get("minmax", False)),
+                        float(opts.get("rotate", 0.0)), opts.get("interpolation", "lanczos"))
+    if chosen.interpolation not in INTERPOLATIONS:
+        raise FairDiffError(f"datasets.{name}.options.interpolation: expected one of "
+                            f"{list(INTERPOLATIONS)}, got {chosen.interpolation!r}")
+    if chosen.downsample is not None and int(chosen.downsample) < 1:
+        raise FairDiffError(f"datasets.{name}.options.downsample: expected a size >= 1, got "
+                            f"{chosen.downsample!r}")
+    return chosen
+
+
+def find(root: Path, pattern: str) -> dict[str, Path | Member]:
+    """Every file under `root` whose name matches `pattern`, as {stem: where}, looking inside
+    the zip archives under `root` too (one level). Sorted, the first of equal stems wins."""
+    found: dict[str, Path | Member] = {}
+    for path in sorted(Path(root).rglob(pattern)):
+        found.setdefault(path.stem, path)
+    for archive in sorted(Path(root).rglob("*.zip")):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                names = sorted(zf.namelist())
+        except (OSError, zipfile.BadZipFile) as err:
+            raise FairDiffError(f"{archive}: cannot read the zip archive ({err})") from err
+        for member in names:
+            inner = Path(member)
+            if inner.match(pattern) and not member.endswith("/"):
+                found.setdefault(inner.stem, Member(archive, member))
+    return found
+
+
+def read_bytes(where: Path | Member) -> bytes:
+    """The bytes of a file or of a zip member."""
+    if isinstance(where, Member):
+        with zipfile.ZipFile(where.archive) as zf:
+            return zf.read(where.name)
+    return Path(where).read_bytes()
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
@@ -56,17 +137,51 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as 8-bit (16-bit and float greyscale are rescaled, not clipped)."""
-    with Image.open(path) as image:
+def open_image(path: str | os.PathLike | Member) -> Image.Image:
+    """Open an image file (or zip member) as 8-bit (16-bit and float greyscale are rescaled,
+    not clipped)."""
+    source = io.BytesIO(read_bytes(path)) if isinstance(path, Member) else path
+    with Image.open(source) as image:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "F"):
             return array_to_image(np.asarray(image))
         return image.copy()
 
 
+def minmax(image: Image.Image) -> Image.Image:
+    """Min-max normalised to 0-255 as the authors' normalize_image (train_text_to_image_proposed.py
+    :516-527): the same arithmetic, truncated to uint8. A flat image, which they would divide
+    by zero, is returned unchanged."""
+    array = np.array(image)
+    low, high = array.min(), array.max()
+    if high == low:
+        return image
+    return Image.fromarray(((array - low) / (high - low) * 255).astype(np.uint8))
+
+
+def convert(image: Image.Image, resolution: int, how: Preprocess = Preprocess()) -> Image.Image:
+    """A source image as the RGB `resolution x resolution` square, through `how`'s steps."""
+    image = image.convert("RGB")
+    if how.downsample:
+        image = image.resize((int(how.downsample),) * 2, Image.Resampling.BILINEAR)
+    if how.minmax:
+        image = minmax(image)
+    if how.interpolation == "lanczos" and not how.rotate:
+        return square(image, resolution)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    if how.rotate:
+        image = F.rotate(image, how.rotate, InterpolationMode.NEAREST, expand=False, fill=0)
+    if how.interpolation == "lanczos":
+        return square(image, resolution)
+    image = F.resize(image, resolution, InterpolationMode.BILINEAR)
+    return F.center_crop(image, resolution)
+
+
 def square(image: Image.Image, resolution: int) -> Image.Image:
-    """RGB, shorter side resized to `resolution`, centre-cropped to `resolution x resolution`."""
+    """RGB, shorter side resized to `resolution` (Lanczos), centre-cropped to `resolution x
+    resolution`."""
     image = image.convert("RGB")
     width, height = image.size
     scale = resolution / min(width, height)
@@ -79,7 +194,7 @@ def square(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def write_all(jobs: Iterable[Job], resolution: int, workers: int | None = None,
-              desc: str = "images") -> None:
+              desc: str = "images", how: Preprocess = Preprocess()) -> None:
     """Convert every job to a square PNG (threads: PIL releases the GIL while decoding/resizing).
 
     A file that cannot be read raises FairDiffError naming it; the caller's atomic output folder
@@ -88,17 +203,17 @@ def write_all(jobs: Iterable[Job], resolution: int, workers: int | None = None,
     jobs = list(jobs)
     workers = workers or min(8, os.cpu_count() or 1)
 
-    def convert(job: Job) -> None:
+    def write(job: Job) -> None:
         try:
             image = job.load()
         except (OSError, ValueError, UnidentifiedImageError, KeyError) as err:
             raise FairDiffError(f"{job.source}: cannot read the image ({err})") from err
         job.target.parent.mkdir(parents=True, exist_ok=True)
-        square(image, resolution).save(job.target, format="PNG")
+        convert(image, resolution, how).save(job.target, format="PNG")
 
     log.info("writing %d %s at %d px with %d thread(s)", len(jobs), desc, resolution, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc=desc, unit="img",
+        for _ in tqdm(pool.map(write, jobs), total=len(jobs), desc=desc, unit="img",
                       mininterval=2.0):
             pass
 
@@ -154,16 +269,18 @@ def drop_unknown(frame, declared: dict, what: str):
     return frame[keep].reset_index(drop=True)
 
 
-def write_rows(frame, loaders: dict, out_dir: Path, resolution: int, workers: int | None,
-               desc: str):
-    """Write the PNG of every row (`loaders[id] = (source, load)`); set the `image` column."""
+def write_rows(frame, loaders: dict, out_dir: Path, cfg: dict, name: str):
+    """Write the PNG of every row (`loaders[id] = (source, load)`) at the dataset's resolution,
+    through its image options; set the `image` column."""
+    opts = cfg.get("options") or {}
     jobs, rels = [], []
     for image_id, split in zip(frame["id"], frame["split"]):
         path, rel = target(out_dir, split, image_id)
         source, load = loaders[image_id]
         jobs.append(Job(source, load, path))
         rels.append(rel)
-    write_all(jobs, resolution, workers, desc=desc)
+    write_all(jobs, int(cfg["resolution"]), opts.get("workers"), desc=f"{name} images",
+              how=preprocess(opts, name))
     frame = frame.copy()
     frame["image"] = rels
     first = ["id", "split", "image", "prompt"]
@@ -183,5 +300,4 @@ def split_patients_and_write(frame, path_of: dict, cfg: dict, opts: dict, name: 
                              f"datasets.{name}.options.split_fractions")
     frame.insert(1, "split", frame["patient"].map(split_of))
     loaders = {i: (str(path_of[i]), lambda p=path_of[i]: open_image(p)) for i in frame["id"]}
-    return write_rows(frame, loaders, out_dir, cfg["resolution"], opts.get("workers"),
-                      desc=f"{name} images")
+    return write_rows(frame, loaders, out_dir, cfg, name)

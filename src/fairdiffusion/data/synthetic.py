@@ -67,6 +67,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FairDiffError
+from . import fairgenmed
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,6 @@ PROPORTIONS = {
     "gender": [0.50, 0.50],
     "ethnicity": [0.90, 0.10],
 }
-PROMPT = ("SLO fundus image of a {race} {gender} {ethnicity} patient with the following "
-          "conditions: {glaucoma}, {vision_loss} vision loss, {cup_disc} cup-disc ratio, "
-          "{spherical_equivalent}")
 MIN_RESOLUTION = 32
 
 # Label model: P(cup class), P(glaucoma | cup), P(vision loss | glaucoma), P(spherical eq.).
@@ -188,7 +186,7 @@ def sample_metadata(n: int, rng: np.random.Generator, difficulty: float,
         values = {"glaucoma": glaucoma, "vision_loss": vision, "cup_disc": cup,
                   "spherical_equivalent": spherical}[label]
         frame[label] = np.array(classes)[values]
-    frame["prompt"] = [PROMPT.format(**row) for row in frame.to_dict("records")]
+    frame["prompt"] = [fairgenmed.prompt(row) for row in frame.to_dict("records")]
     params = {
         "contrast": np.maximum(contrast, MIN_CONTRAST),
         "variety": variety,

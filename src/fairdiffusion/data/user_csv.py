@@ -129,6 +129,4 @@ def build(name: str, cfg: dict, out_dir: Path) -> pd.DataFrame:
     frame = images.drop_unknown(frame[keep], cfg["attributes"], "attribute")
     loaders = {i: (f"{csv}: {p}", lambda p=p: images.open_image(p))
                for i, p in zip(frame["id"], frame["path"])}
-    opts = cfg.get("options") or {}
-    return images.write_rows(frame.drop(columns="path"), loaders, out_dir, cfg["resolution"],
-                             opts.get("workers"), desc=f"{name} images")
+    return images.write_rows(frame.drop(columns="path"), loaders, out_dir, cfg, name)
