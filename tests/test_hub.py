@@ -227,6 +227,17 @@ def test_from_a_prefilled_cache_offline(repo_files, tmp_path):
     check_folder(pinned, repo_files, "cache", revision=COMMIT)
 
 
+def test_unreachable_hub_falls_back_to_the_cache(repo_files, tmp_path):
+    hf_home = tmp_path / "hf"
+    out = tmp_path / "out"
+    line = error_line(download_model(REPO, out, hf_home))
+    assert "could not be reached" in line and "not in the Hugging Face cache" in line
+    fill_cache(hf_home, REPO, repo_files)
+    done = download_model(REPO, out, hf_home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_folder(out, repo_files, "cache")
+
+
 def test_offline_with_nothing_cached_says_so(tmp_path):
     out = tmp_path / "resources" / "models" / "m"
     line = error_line(download_model(REPO, out, tmp_path / "hf", offline=True))

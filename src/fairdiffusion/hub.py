@@ -21,6 +21,7 @@ against it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -113,8 +114,8 @@ def download_model(repo: str, revision: str | None, out: Path) -> dict:
             hub_error = ("the Hugging Face Hub does not know this model (or it is private and "
                          "no valid token was given)")
             log.warning("%s: not on the Hub; looking in the cache %s", repo, cache)
-        except (HfHubHTTPError, OSError) as err:
-            # httpx connection errors are OSErrors; a Hub outage answers 5xx
+        except (HfHubHTTPError, *network_errors()) as err:
+            # a Hub outage answers 5xx; no route, DNS or a timeout raise transport errors
             hub_error = (f"the Hub at {constants.ENDPOINT} could not be reached "
                          f"({type(err).__name__}: {first_line(err)})")
             log.warning("%s; looking in the cache %s", hub_error, cache)
@@ -125,7 +126,12 @@ def download_model(repo: str, revision: str | None, out: Path) -> dict:
         except FairDiffError as err:
             raise FairDiffError(f"{where} at {info.sha}: {err}") from None
         expected = {s.rfilename: s.lfs.sha256 for s in info.siblings if s.lfs}
-        snapshot = Path(snapshot_download(repo, revision=info.sha, allow_patterns=files))
+        try:
+            snapshot = Path(snapshot_download(repo, revision=info.sha, allow_patterns=files))
+        except (HfHubHTTPError, *network_errors()) as err:
+            raise FairDiffError(f"{where}: the download from {constants.ENDPOINT} stopped "
+                                f"({type(err).__name__}: {first_line(err)}); rerun to resume "
+                                f"(the cache {cache} keeps what arrived)") from err
         commit, source = info.sha, "hub"
     else:
         snapshot = cached_snapshot(repo, revision, hub_error)
@@ -170,6 +176,18 @@ def cached_snapshot(repo: str, revision: str | None, hub_error: str | None) -> P
         f"Hugging Face cache at {constants.HF_HUB_CACHE} (HF_HOME). {withdrawn_hint(repo)}Set "
         f"model.pretrained to a local diffusers folder or to a mirror on the Hub, or pre-fill the "
         f"cache where the Hub is reachable (`hf download {repo}` with the same HF_HOME)")
+
+
+def network_errors() -> tuple:
+    """Connection failures: OSError (requests, huggingface_hub < 1) and the TransportError of
+    the httpx huggingface_hub >= 1 uses (httpx2 from 2.0)."""
+    errors = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
