@@ -297,3 +297,80 @@ def test_withdrawn_stabilityai_id_names_the_mirror(repo_files, tmp_path, fake_hu
     done = download_model("stabilityai/stable-diffusion-2-1", out, tmp_path / "hf", server.url)
     assert done.returncode == 0, done.stderr[-2000:]
     check_folder(out, repo_files, "cache")
+
+
+def dry_run(tmp_path: Path, pretrained) -> subprocess.CompletedProcess:
+    """`snakemake -n -p` of the default pipeline with model.pretrained set."""
+    root = Path(__file__).resolve().parents[1]
+    overlay = tmp_path / "model.yaml"
+    overlay.write_text(json.dumps({"model": {"pretrained": pretrained}}))
+    return subprocess.run(
+        ["snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path / "work"), "-n", "-p",
+         "--configfile", str(root / "config.yaml"), str(overlay)],
+        capture_output=True, text=True, cwd=root)
+
+
+def stage_bases(output: str) -> dict[str, set[str]]:
+    """The --base argument of each planned fairdiff stage that reads the stack."""
+    bases = {}
+    for line in output.splitlines():
+        words = line.removeprefix("Shell command:").split()
+        if words[:1] == ["fairdiff"] and "--base" in words:
+            bases.setdefault(words[1], set()).add(words[words.index("--base") + 1])
+    return bases
+
+
+def test_a_hub_id_is_downloaded_once_and_a_folder_used_in_place(repo_files, tmp_path):
+    done = dry_run(tmp_path, REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert out.count("rule download_model:") == 1 and "rule base_model:" not in out
+    assert f"fairdiff download-model --id {REPO} --revision main" in out
+    bases = stage_bases(out)
+    assert set(bases) == {"cache-latents", "train", "sample"}
+    assert all(b == {"resources/models/fairdiff-test--tiny-sd"} for b in bases.values())
+
+    folder = tmp_path / "local-sd"
+    folder.mkdir()
+    done = dry_run(tmp_path, str(folder))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert "download_model" not in out and "rule base_model:" not in out
+    assert all(b == {str(folder)} for b in stage_bases(out).values())
+
+    done = dry_run(tmp_path, str(tmp_path / "missing" / "sd"))
+    assert done.returncode != 0
+    assert "no such folder, and not a Hugging Face Hub id" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_smoke_run_on_a_model_only_in_the_cache_offline(repo_files, tmp_path):
+    """The smoke run (config.yaml + configs/smoke.yaml: every arm, metric, table and figure) on
+    a diffusers model named by its Hub id that exists only in a Hugging Face cache, with
+    HF_HUB_OFFLINE=1: downloaded once by download_model, read by every rule from its folder."""
+    root = Path(__file__).resolve().parents[1]
+    hf_home, workdir = tmp_path / "hf", tmp_path / "smoke"
+    snapshot = fill_cache(hf_home, REPO, {n: d for n, d in repo_files.items() if n not in EXTRA})
+    overlay = tmp_path / "hub_model.yaml"
+    overlay.write_text(f"model:\n  pretrained: {REPO}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    done = subprocess.run(
+        ["snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir), "-c2", "--configfile",
+         str(root / "config.yaml"), str(root / "configs" / "smoke.yaml"), str(overlay)],
+        capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("rule download_model:") == 1
+
+    folder = workdir / "resources" / "models" / "fairdiff-test--tiny-sd"
+    record = json.loads((folder / hub.MARKER).read_text())
+    assert record["source"] == "cache" and record["revision"] == COMMIT
+    assert record["sha256"] == {n: sha256((snapshot / n).read_bytes()) for n in record["sha256"]}
+    results = workdir / "results"
+    assert not (results / "models" / "synthfundus" / "base").exists()
+    for arm in ("baseline", "fairdiffusion", "random"):
+        run_info = json.loads((results / "models" / "synthfundus" / arm / "seed0" /
+                               "run_info.json").read_text())
+        assert run_info["settings"]["base"] == "resources/models/fairdiff-test--tiny-sd"
+    for table in ("quality", "groups", "semantic"):
+        assert (results / "tables" / f"{table}_synthfundus.csv").stat().st_size > 0
