@@ -71,6 +71,7 @@ class FakeHub:
     def __init__(self, repos: dict[str, dict[str, bytes]], listed_sha256: dict | None = None):
         self.repos, self.listed = repos, listed_sha256 or {}
         self.downloads: list[str] = []
+        self.authorizations: set[str] = set()
         hub_ = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -93,6 +94,7 @@ class FakeHub:
                     self.wfile.write(data)
 
             def answer(self, body):
+                hub_.authorizations.add(self.headers.get("Authorization"))
                 path = unquote(urlparse(self.path).path).strip("/").split("/")
                 api = path[:2] == ["api", "models"]
                 repo = "/".join(path[2:4] if api else path[0:2])
@@ -148,11 +150,13 @@ def fake_hub():
 
 
 def download_model(repo, out, hf_home, endpoint="http://127.0.0.1:9", offline=False,
-                   revision=None):
+                   revision=None, token=None):
     """`fairdiff download-model` in a subprocess with the Hub settings in its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="1" if offline else "0",
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5")
+    if token:
+        env["HF_TOKEN"] = token
     cmd = [sys.executable, "-m", "fairdiffusion.cli", "download-model", "--id", repo,
            "--out", str(out)] + (["--revision", revision] if revision else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -261,6 +265,17 @@ def test_from_the_hub_once(repo_files, tmp_path, fake_hub):
     assert done.returncode == 0, done.stderr[-2000:]
     check_folder(again, repo_files, "hub", revision=COMMIT)
     assert sorted(server.downloads) == sorted(needed(repo_files))
+
+
+def test_the_token_is_sent_but_never_printed_or_written(repo_files, tmp_path, fake_hub):
+    token = "hf_" + "s3cr3t" * 6
+    server = fake_hub({REPO: repo_files})
+    out = tmp_path / "out"
+    done = download_model(REPO, out, tmp_path / "hf", server.url, token=token)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert server.authorizations == {f"Bearer {token}"}
+    assert "a token found" in done.stderr and token not in done.stdout + done.stderr
+    assert not any(token.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
 def test_weights_that_differ_from_the_hubs_sha256_are_refused(repo_files, tmp_path, fake_hub):
