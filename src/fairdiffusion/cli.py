@@ -19,6 +19,7 @@ from .errors import FairDiffError
 STAGES = {
     "data": ("fairdiffusion.data.prepare", "build a dataset's manifest (+ images) from its source"),
     "download": ("fairdiffusion.data.download", "download a public dataset into resources/"),
+    "download-model": ("fairdiffusion.hub", "fetch a pretrained diffusers model once (Hub or cache)"),
     "base-model": ("fairdiffusion.models", "build the tiny model stack and train its VAE and text encoder"),
     "cache-latents": ("fairdiffusion.latents", "encode a split's images and prompts once"),
     "train": ("fairdiffusion.train", "fine-tune the UNet with one arm's loss weighting"),

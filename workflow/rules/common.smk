@@ -1,6 +1,7 @@
 # Shared helpers: config validation, output paths and the parameters handed to the CLI.
 import json
 import os
+import re
 import shlex
 
 from fairdiffusion.config import validate
@@ -38,14 +39,35 @@ def as_arg(value):
     return shlex.quote(json.dumps(value))
 
 
+# model.pretrained: null builds the tiny stack per dataset; a local diffusers folder is used as it
+# is; anything else is a Hugging Face Hub id, fetched once by download_model into HUB_MODEL_DIR
+# (this line owns that path), which every rule reading the stack then reads.
+PRETRAINED = config["model"]["pretrained"]
+HUB_MODEL = PRETRAINED if PRETRAINED and not os.path.isdir(PRETRAINED) else None
+HUB_MODEL_DIR = None
+if HUB_MODEL:
+    if not re.fullmatch(r"([\w.-]+/)?[\w.-]+", HUB_MODEL):
+        raise WorkflowError(
+            f"model.pretrained '{HUB_MODEL}': no such folder, and not a Hugging Face Hub id "
+            f"(org/name); give a diffusers folder, a Hub id, or null for the tiny stack"
+        )
+    # org--name, as the Hugging Face cache spells it
+    HUB_MODEL_DIR = "resources/models/" + "--".join(HUB_MODEL.split("/"))
+
+
 def base_model(wildcards):
     """The frozen stack (VAE, text encoder, tokenizer) and initial UNet of a dataset's runs."""
-    return config["model"]["pretrained"] or f"{RESULTS}/models/{wildcards.dataset}/base"
+    if HUB_MODEL:
+        return HUB_MODEL_DIR
+    return PRETRAINED or f"{RESULTS}/models/{wildcards.dataset}/base"
 
 
 def base_model_input(wildcards):
-    """Rule input for the base stack: the built tiny stack, or nothing for a pretrained id."""
-    if config["model"]["pretrained"]:
+    """Rule input for the base stack: the built tiny stack, the Hub model's done-file, or
+    nothing for a local folder."""
+    if HUB_MODEL:
+        return f"{HUB_MODEL_DIR}/download.done"
+    if PRETRAINED:
         return []
     return f"{RESULTS}/models/{wildcards.dataset}/base"
 

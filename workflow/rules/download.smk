@@ -4,7 +4,13 @@
 # download.done (JSON: source, sha256s) last. Checksums are verified by `fairdiff download`
 # before extraction (download.sha256), since the archive itself is not kept; HTTP downloads
 # resume from resources/.{dataset}.download/*.part, so `retries` continue where they stopped.
-# Local rule: cluster compute nodes often have no internet access.
+# download_model (only with a Hugging Face Hub id as model.pretrained): `fairdiff download-model`
+# fetches the pretrained diffusers model once (or takes it from a pre-filled Hugging Face cache,
+# HF_HOME; HF_HUB_OFFLINE=1 for no network) into HUB_MODEL_DIR with its done-file (JSON: id,
+# requested and resolved revision, sha256 of every weights file) written last; every rule that
+# reads the stack depends on that file (base_model_input in common.smk). The rule exists only for
+# a Hub id, since its output path is the id's.
+# Local rules: cluster compute nodes often have no internet access.
 
 # torch-fidelity's release of the TF-ported FID Inception weights (also checked by preflight)
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -35,6 +41,31 @@ rule download:
     shell:
         "fairdiff download --name {wildcards.dataset} --dataset {params.dataset} "
         "--out {params.out} > {log} 2>&1"
+
+
+if HUB_MODEL:
+
+    localrules:
+        download_model,
+
+    rule download_model:
+        output:
+            marker=ensure(f"{HUB_MODEL_DIR}/download.done", non_empty=True),
+        log:
+            "logs/download_model.log",
+        retries: 2
+        conda:
+            "../../envs/train.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=240,
+        params:
+            id=HUB_MODEL,
+            revision=shlex.quote(config["model"]["revision"] or "main"),
+            out=lambda wc, output: os.path.dirname(output.marker),
+        shell:
+            "fairdiff download-model --id {params.id} --revision {params.revision} "
+            "--out {params.out} > {log} 2>&1"
 
 
 rule download_inception:
