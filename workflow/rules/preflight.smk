@@ -20,8 +20,13 @@ rule preflight:
         config=lambda wc: as_arg(config),
         snakefile=workflow.main_snakefile,
         weights=as_arg(needed_weights()),
+        model=(
+            f"--model-dir {HUB_MODEL_DIR} --model-done {HUB_MODEL_DIR}/download.done"
+            if HUB_MODEL
+            else ""
+        ),
         slurm=lambda wc, resources: as_arg(slurm_settings(resources)),
     shell:
         "fairdiff preflight --config {params.config} --snakefile {params.snakefile} "
-        "--weights {params.weights} --slurm {params.slurm} 2>&1 | tee {log}; "
+        "--weights {params.weights} --slurm {params.slurm} {params.model} 2>&1 | tee {log}; "
         "exit ${{PIPESTATUS[0]}}"
