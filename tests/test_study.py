@@ -360,3 +360,43 @@ def test_paired_seeds_counts_the_seeds_every_arm_shares_with_the_baseline():
     paired = next(c for c in checks if c["check"] == "paired seeds")
     assert paired["detail"].startswith("3 seeds shared by every arm with baseline")
     assert paired["ok"] is False                        # the design asks for 5
+
+
+def test_holm_adjusts_a_family_by_hand():
+    # sorted 0.01, 0.03, 0.04 (m = 3): 0.03, max(0.03, 0.06), max(0.06, 0.04); NaN stays out
+    out = stats.holm([0.01, 0.04, 0.03, math.nan])
+    assert out[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(out[3])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_adjusted_intervals_and_holm_over_the_declared_comparisons(majority_worse):
+    _, res, right, race = majority_worse
+    row = effect(res, "fairdiffusion", "accuracy-gap")
+    family = res[(res["metric"] == "accuracy-gap") & (res["attribute"] == "race")
+                 & (res["task"] == "cup_disc") & (res["source"] == "measured")]
+    assert row["holm_pvalue"] == pytest.approx(
+        stats.holm(family["t_pvalue"].to_numpy())[list(family.index).index(row.name)])
+    m = len(compute.comparisons(["baseline", "fairdiffusion", "random"], "baseline"))
+    diffs = np.array([gap(right["fairdiffusion", s], race) - gap(right["baseline", s], race)
+                      for s in range(5)])
+    assert (row["adj_lower"], row["adj_upper"]) == pytest.approx(
+        stats.paired_mean_ci(diffs, 1 - 0.05 / m))
+    assert row["adj_lower"] < row["lower"] and row["upper"] < row["adj_upper"]
+
+
+def test_declared_comparisons_are_the_family():
+    methods = ["baseline", "fairdiffusion", "random", "groupdro"]
+    declared = [["fairdiffusion", "baseline"], ["groupdro", "baseline"]]
+    assert compute.comparisons(methods, "baseline", declared) == [
+        ("fairdiffusion", "baseline"), ("groupdro", "baseline")]
+    with pytest.raises(Exception, match=r"study.comparisons.1.*'balanced'"):
+        compute.comparisons(methods, "baseline", [["random", "baseline"], ["balanced", "baseline"]])
+
+
+def test_the_verdict_reads_the_adjusted_interval():
+    from fairdiffusion.report.study import text
+
+    row = {"diff": -0.05, "lower": -0.09, "upper": -0.01, "adj_lower": -0.11, "adj_upper": 0.01,
+           "holm_pvalue": 0.08, "n_seeds": 8}
+    assert text.verdict(row) == "none"
+    assert "adjusted 95% CI -0.110 to +0.010, Holm p = 0.080" in text.fmt(row, 0.95)

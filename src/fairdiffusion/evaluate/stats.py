@@ -194,3 +194,18 @@ def pairs_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
         mid = (low + high) // 2
         low, high = (low, mid) if enough(mid) else (mid, high)
     return high
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are left out of the
+    family and stay NaN): sorted ascending, p_(i) * (m - i + 1), made monotone, capped at 1."""
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
         ceiling = pd.read_csv(args.ceiling)
     runs = C.run_values(tidy, trajectories, seconds, attributes, args.window,
                       settings["permutations"])
-    pairs = C.comparisons(methods, settings["baseline"])
+    pairs = C.comparisons(methods, settings["baseline"], settings.get("comparisons"))
     log.info("paired effects: %d comparisons, %d seeds", len(pairs), runs["seed"].nunique())
     res = C.effects(runs, pairs, primary, settings)
     values, counts = np.unique(primary.groups, return_counts=True)

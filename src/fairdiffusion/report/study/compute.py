@@ -8,11 +8,17 @@ measured row, FID/KID overall, by group, ES and gap (quality.csv), train-on-synt
 ES-AUC and AUC-gap (semantic.csv), the BO objective's signal-to-noise and the final sigma of
 every group (bo_trajectory.csv), training seconds (run_info.json).
 
-Comparisons: every arm vs study.baseline; each arm with a control in method.ARMS (the BO arms:
+Comparisons: study.comparisons, declared before the study runs ([arm, reference] pairs); when
+null, every arm vs study.baseline and each arm with a control in method.ARMS (the BO arms:
 fairdiffusion, fairdiffusion_vr, controlled by random) also vs its control when that ran (does
 the BO add anything over random weights?).
 
-Statistics (fairdiffusion.evaluate.stats; p-values not adjusted for multiple comparisons):
+Multiplicity: per endpoint, the family is the comparisons; holm_pvalue is Holm's adjustment of
+the paired t-test's p over them, and adj_lower/adj_upper the t-interval at level 1 - alpha/m
+(Bonferroni: the simultaneous interval that agrees with Holm's first step). Only the primary
+endpoint is confirmatory; the conclusion reads its adjusted intervals.
+
+Statistics (fairdiffusion.evaluate.stats):
 - seed level: d_s = arm_s - reference_s over the seeds both ran; mean, sd (ddof 1), t-interval
   at study.level, paired t-test and exact sign test;
 - image bootstrap (primary endpoint): test images are resampled once per replicate and the same
@@ -60,8 +66,8 @@ SEMANTIC_METRICS = {"AUC", "ES-AUC", "AUC-gap"}
 MEASURED_METRICS = {"accuracy", "ES-accuracy", "accuracy-gap"}
 RESULT_COLUMNS = [
     "arm", "reference", *ENDPOINT, "n_seeds", "reference_mean", "arm_mean", "diff", "diff_sd",
-    "lower", "upper", "t_pvalue", "sign_pvalue", "boot_diff", "boot_lower", "boot_upper",
-    "boot_pvalue", "mde", "seeds_needed"]
+    "lower", "upper", "t_pvalue", "holm_pvalue", "adj_lower", "adj_upper", "sign_pvalue",
+    "boot_diff", "boot_lower", "boot_upper", "boot_pvalue", "mde", "seeds_needed"]
 
 
 
@@ -290,7 +296,18 @@ def bo_arms(methods: list[str]) -> list[str]:
     return [m for m in methods if ARMS[m].optimises]
 
 
-def comparisons(methods: list[str], baseline: str) -> list[tuple[str, str]]:
+def comparisons(methods: list[str], baseline: str,
+                declared: list | None = None) -> list[tuple[str, str]]:
+    """The pre-declared (arm, reference) pairs, or by default every arm vs the baseline and each
+    arm vs its control (method.ARMS) when both ran."""
+    if declared is not None:
+        pairs = [tuple(pair) for pair in declared]
+        for i, (arm, reference) in enumerate(pairs):
+            for name in (arm, reference):
+                if name not in methods:
+                    raise FairDiffError(f"config key 'study.comparisons.{i}': '{name}' is not "
+                                        f"among methods {methods}")
+        return pairs
     pairs = [(m, baseline) for m in methods if m != baseline]
     return pairs + [(m, ARMS[m].control) for m in methods if ARMS[m].control in methods]
 
@@ -312,7 +329,7 @@ def effects(runs: pd.DataFrame, pairs: list[tuple[str, str]], primary: Primary |
             settings: dict) -> pd.DataFrame:
     """One row per comparison and endpoint (see module doc)."""
     alpha = 1.0 - settings["level"]
-    rows = []
+    rows, diffs = [], []
     for arm, reference in pairs:
         joined = runs[runs["method"] == arm].merge(
             runs[runs["method"] == reference], on=[*ENDPOINT, "seed"], suffixes=("_arm", "_ref"))
@@ -324,6 +341,7 @@ def effects(runs: pd.DataFrame, pairs: list[tuple[str, str]], primary: Primary |
             if not len(a):
                 continue
             diff = a - b
+            diffs.append(diff)
             with warnings.catch_warnings():
                 # equal differences in every seed: the t-test is undefined, its p reads n/a
                 warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
@@ -351,9 +369,19 @@ def effects(runs: pd.DataFrame, pairs: list[tuple[str, str]], primary: Primary |
                                boot_upper=boot["upper"], boot_pvalue=boot["pvalue"])
             rows.append(row)
     out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    adjust(out, diffs, len(pairs), settings["level"])
     out["seeds_needed"] = out["seeds_needed"].astype("Int64")
     out["n_seeds"] = out["n_seeds"].astype("Int64")
     return out
+
+
+def adjust(res: pd.DataFrame, diffs: list[np.ndarray], family: int, level: float) -> None:
+    """Fill holm_pvalue (per endpoint, over the comparisons) and the Bonferroni intervals."""
+    adjusted_level = 1.0 - (1.0 - level) / max(family, 1)
+    for i, diff in enumerate(diffs):
+        res.loc[i, ["adj_lower", "adj_upper"]] = stats.paired_mean_ci(diff, adjusted_level)
+    for _, part in res.groupby(ENDPOINT, sort=False, dropna=False):
+        res.loc[part.index, "holm_pvalue"] = stats.holm(part["t_pvalue"].to_numpy(float))
 
 
 # -- preconditions and conclusion --------------------------------------------------------------

@@ -36,22 +36,24 @@ from .compute import ENDPOINT, bo_arms, comparisons, group_order, primary_endpoi
 
 
 def fmt(row, level: float) -> str:
-    """'-0.100, 95% CI -0.150 to -0.050, p = 0.003' (seed level)."""
+    """'-0.100, adjusted 95% CI -0.150 to -0.050, Holm p = 0.003' (seed level, adjusted over
+    the pre-declared comparisons)."""
     d = f"{row['diff']:+.3f}"
-    if not math.isfinite(row["lower"]):
+    if not math.isfinite(row["adj_lower"]):
         return f"{d}; no interval with {row['n_seeds']} seed(s)"
-    p = p_value(row["t_pvalue"])
-    return (f"{d}, {round(100 * level)}% CI {row['lower']:+.3f} to {row['upper']:+.3f}, "
-            f"p {p.replace('<', '< ') if p.startswith('<') else '= ' + p}")
+    p = p_value(row["holm_pvalue"])
+    p = p.replace("<", "< ") if p.startswith("<") else "= " + p
+    return (f"{d}, adjusted {round(100 * level)}% CI {row['adj_lower']:+.3f} to "
+            f"{row['adj_upper']:+.3f}, Holm p {p}")
 
 
 def verdict(row) -> str:
-    """'down', 'up', 'none' (CI covers 0) or 'untested' (fewer than 2 seeds)."""
-    if not math.isfinite(row["lower"]):
+    """'down', 'up', 'none' (the adjusted CI covers 0) or 'untested' (fewer than 2 seeds)."""
+    if not math.isfinite(row["adj_lower"]):
         return "untested"
-    if row["upper"] < 0:
+    if row["adj_upper"] < 0:
         return "down"
-    if row["lower"] > 0:
+    if row["adj_lower"] > 0:
         return "up"
     return "none"
 
@@ -111,7 +113,7 @@ def conclude(res: pd.DataFrame, runs: pd.DataFrame, checks: list[dict], settings
                           & (runs["attribute"] == attribute) & (runs["group"] == g)]["value"].mean()
                   for g in groups}
     best = max(base_means, key=base_means.get) if base_means else None
-    for arm, reference in comparisons(methods, baseline):
+    for arm, reference in comparisons(methods, baseline, settings.get("comparisons")):
         gap = _pick(res, arm, reference, "accuracy-gap", attribute, "all", task)
         overall = _pick(res, arm, reference, "accuracy", "all", "all", task)
         if gap is None or overall is None:
@@ -211,7 +213,9 @@ def effect_table(res: pd.DataFrame, items: list[tuple[str, tuple]], level: float
             "comparison": f"{row.arm} − {row.reference}", "endpoint": name,
             "Δ (mean over seeds)": f"{row.diff:+.3f}",
             f"{pct}% CI (seeds)": _ci(row.lower, row.upper),
-            "p (t)": p_value(row.t_pvalue), "p (sign)": p_value(row.sign_pvalue),
+            f"adjusted {pct}% CI": _ci(row.adj_lower, row.adj_upper),
+            "p (t)": p_value(row.t_pvalue), "p (Holm)": p_value(row.holm_pvalue),
+            "p (sign)": p_value(row.sign_pvalue),
             f"{pct}% CI (images)": _ci(row.boot_lower, row.boot_upper),
             "p (images)": p_value(row.boot_pvalue),
             "MDE": _g(row.mde), "seeds needed": _int(row.seeds_needed)})
@@ -314,7 +318,10 @@ Per arm, mean ± sd over seeds (gap = max − min group accuracy; overall accura
 Paired differences (arm − reference, same seeds). CI (seeds): t-interval over seeds; CI (images):
 bootstrap over test images with the models fixed; MDE: smallest difference a paired t-test on
 these seeds detects with {round(100 * settings['power'])}% power at alpha {alpha:g}; seeds
-needed: for the observed difference. p-values are not adjusted for multiple comparisons.
+needed: for the observed difference. Multiplicity: p (Holm) is the t-test's p adjusted by Holm
+over the {len(comparisons(methods, settings['baseline'], settings.get('comparisons')))}
+pre-declared comparisons; the adjusted CI is the t-interval at level 1 − alpha/m (Bonferroni).
+The conclusion reads the adjusted values; the unadjusted ones are shown beside them.
 
 {effect_table(res, items, level)}
 
