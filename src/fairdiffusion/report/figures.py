@@ -2,10 +2,11 @@
 asked with --formats).
 
 Kinds:
-  groups      FID and IS of every demographic group, one panel per metric and attribute; bars
-              are arms, error bars the std over seeds (--metrics: quality CSVs)
-  es          equity-scaled metrics (ES-FID, ES-IS, ES-KID, ES-AUC per task) by attribute
-              (--metrics: quality and semantic CSVs)
+  groups      FID (size-matched), FID-raw (each group at its own size) and IS of every
+              demographic group, one panel per metric and attribute; bars are arms, error bars
+              the std over seeds (--metrics: quality CSVs)
+  es          equity-scaled metrics (ES-FID, ES-FID-raw, ES-IS, ES-KID, ES-AUC per task) by
+              attribute (--metrics: quality and semantic CSVs)
   trajectory  the Fair Bayesian Perturbation state over training: sigma of every group and the
               loss gap of every attribute (rolling mean over --window steps), one column per arm
               (--logs: bo_trajectory.csv files)
@@ -42,6 +43,9 @@ from . import metrics as M  # noqa: E402
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf", "svg")
+GROUP_METRICS = ["FID", "FID-raw", "IS"]
+# ES of the size-matched metrics and of raw FID; the other -raw / -inf variants stay in the CSVs.
+ES_VARIANTS_SHOWN = {"ES-FID-raw"}
 
 
 def save(fig: plt.Figure, out: str | Path, formats: list[str]) -> list[Path]:
@@ -88,7 +92,7 @@ def _read_logs(paths: list[str], required: list[str]) -> pd.DataFrame:
 
 
 def groups(frame: pd.DataFrame) -> plt.Figure:
-    data = frame[frame["metric"].isin(["FID", "IS"]) & (frame["group"] != "all")]
+    data = frame[frame["metric"].isin(GROUP_METRICS) & (frame["group"] != "all")]
     if data.empty:
         raise FairDiffError("metric CSVs: no group-wise FID/IS rows")
     data = data.assign(panel=[M.label(m, extractor=e) for m, e in zip(data["metric"],
@@ -103,7 +107,9 @@ def groups(frame: pd.DataFrame) -> plt.Figure:
 
 
 def es(frame: pd.DataFrame) -> plt.Figure:
-    data = frame[frame["metric"].str.startswith("ES-") & (frame["group"] == "all")]
+    variant = frame["metric"].str.endswith(("-raw", "-inf"))
+    data = frame[frame["metric"].str.startswith("ES-") & (frame["group"] == "all")
+                 & (~variant | frame["metric"].isin(ES_VARIANTS_SHOWN))]
     if data.empty:
         raise FairDiffError("metric CSVs: no ES-* rows")
     data = data.assign(panel=[M.label(m, extractor=e) + (f" {t}" if t else "")
