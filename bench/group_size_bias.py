@@ -93,11 +93,16 @@ def report(frame: pd.DataFrame, attributes: dict) -> None:
     for metric in SHOWN:
         print(f"{metric:<14}" + "".join(f"{mean.get((metric, a, g), np.nan):>13.4g}"
                                         for a, g in cols))
-    print("ES-M / M per attribute (1.0 = no disparity):")
+    print("ES-M per attribute against M (ES-M / M for FID: 1.0 = no disparity, the truth here;"
+          " ES-M - M for KID, which is near 0, and IS, higher-is-better):")
     for metric in ("FID-raw", "FID", "FID-inf", "KID-raw", "KID", "IS-raw", "IS"):
-        ratios = {a: mean.get((f"ES-{metric}", a, "all"), np.nan) / mean[metric, "all", "all"]
-                  for a in attributes}
-        print(f"  {metric:<10}" + "  ".join(f"{a} {r:.3f}" for a, r in ratios.items()))
+        overall = mean[metric, "all", "all"]
+        es = {a: mean.get((f"ES-{metric}", a, "all"), np.nan) for a in attributes}
+        if metric.startswith("FID"):
+            text = "  ".join(f"{a} {v:.4g} ({v / overall:.2f}x)" for a, v in es.items())
+        else:
+            text = "  ".join(f"{a} {v:.4g} ({v - overall:+.3g})" for a, v in es.items())
+        print(f"  {metric:<8} {overall:>9.4g} | {text}")
     print(f"matched FID: splits where overall and every group's draw CI share a point, and "
           f"where KID / FID-inf put the same group highest as matched FID (of {splits}):")
     for attribute, groups in attributes.items():
@@ -133,7 +138,8 @@ def main() -> None:
     runtime.set_threads(args.threads)
     extractor.register()
     cfg = config_mod.validate(yaml.safe_load(args.config.read_text()))
-    dataset, settings = cfg["datasets"][args.dataset], cfg["evaluate"]
+    # FID-raw's bootstrap CI is not reported here: skip its resamples.
+    dataset, settings = cfg["datasets"][args.dataset], {**cfg["evaluate"], "bootstrap": 0}
     attributes, labels = dataset["attributes"], dataset["labels"]
     manifest = args.results / "data" / args.dataset / "manifest.csv"
     cache = args.results / "features" / args.dataset / "domain"
@@ -145,7 +151,7 @@ def main() -> None:
     train, _ = feature_set(train_rows, "real-train", cache, ext_dir)
     print(f"evaluate settings: matched_n {settings['matched_n']}, matched_draws "
           f"{settings['matched_draws']}, kid_subset_size {settings['kid_subset_size']}, "
-          f"alpha {settings['alpha']}, bootstrap {settings['bootstrap']}")
+          f"alpha {settings['alpha']}")
 
     rng = np.random.default_rng(0)
     halves, train_test = [], []
@@ -171,12 +177,21 @@ def main() -> None:
             gen, _ = feature_set(gen_rows, "samples", None, ext_dir, image_format)
             real, _ = feature_set(test_rows, "real-test", None, ext_dir, image_format)
             rows = pd.DataFrame(quality.evaluate(gen, gen_rows, real, test_rows, attributes,
-                                                 layers, {**settings, "bootstrap": 0}, {}))
+                                                 layers, settings, {}))
             value = rows.set_index(["metric", "attribute", "group"])["value"]
-            first, groups = next(iter(attributes.items()))
-            print(f"  {image_format}: FID-raw {value['FID-raw', 'all', 'all']:.4f}, FID (matched) "
-                  f"{value['FID', 'all', 'all']:.4f}; {first} FID-raw " + ", ".join(
-                      f"{g} {value['FID-raw', first, g]:.3f}" for g in groups))
+            print(f"  {image_format}: " + ", ".join(
+                f"{m} {value[m, 'all', 'all']:.4g}" for m in ("FID-raw", "FID", "FID-inf", "KID")))
+            if image_format != "png":
+                continue
+            for attribute, groups in attributes.items():
+                present = [g for g in groups if ("FID", attribute, g) in value.index]
+                cells = {m: [value[m, attribute, g] for g in present]
+                         for m in ("FID-raw", "FID", "FID-inf", "KID", "IS")}
+                worst = {m: present[int(np.argmax(v))] for m, v in cells.items() if m != "IS"}
+                print(f"    {attribute}: " + "; ".join(
+                    f"{m} " + "/".join(f"{x:.3g}" for x in v) for m, v in cells.items())
+                    + f" ({'/'.join(present)}); highest: " + ", ".join(
+                        f"{m} {g}" for m, g in worst.items()))
 
     out = pd.concat(frames, ignore_index=True)
     summary = (out.groupby(["setting", "metric", "attribute", "group"], sort=False)
