@@ -159,16 +159,20 @@ def fid_batch(generated: torch.Tensor, real: torch.Tensor, gen_index: np.ndarray
     return ((mu1 - mu2).pow(2).sum(1) + trace - 2 * cross).numpy()
 
 
-def fid_ci(generated: torch.Tensor, real: torch.Tensor, n_boot: int, seed: int,
-           chunk: int = 100) -> tuple[float, float]:
+def fid_chunked(generated: torch.Tensor, real: torch.Tensor, gen_index: np.ndarray,
+                real_index: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """fid_batch over the rows of the index arrays, `chunk` rows at a time (bounded memory)."""
+    return np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
+                                     real_index[i:i + chunk]) for i in range(0, len(gen_index), chunk)])
+
+
+def fid_ci(generated: torch.Tensor, real: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of FID (generated and real images resampled independently)."""
     if n_boot <= 0:
         return np.nan, np.nan
     gen_index = stats.bootstrap_indices(len(generated), n_boot, seed)
     real_index = stats.bootstrap_indices(len(real), n_boot, seed + 1)
-    values = np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
-                                       real_index[i:i + chunk]) for i in range(0, n_boot, chunk)])
-    return stats.percentile_ci(values)
+    return stats.percentile_ci(fid_chunked(generated, real, gen_index, real_index))
 
 
 def subset(feats: dict, mask: np.ndarray) -> dict:
@@ -187,12 +191,10 @@ def draw_indices(n_items: int, n: int, draws: int, rng: np.random.Generator) -> 
 
 
 def fid_draws(generated: torch.Tensor, real: torch.Tensor, n: int, draws: int,
-              rng: np.random.Generator, chunk: int = 100) -> np.ndarray:
-    """FID of `draws` pairs of n-image subsets (without replacement), batched like fid_ci."""
-    gen_index = draw_indices(len(generated), n, draws, rng)
-    real_index = draw_indices(len(real), n, draws, rng)
-    return np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
-                                     real_index[i:i + chunk]) for i in range(0, draws, chunk)])
+              rng: np.random.Generator) -> np.ndarray:
+    """FID of `draws` pairs of n-image subsets (without replacement)."""
+    return fid_chunked(generated, real, draw_indices(len(generated), n, draws, rng),
+                       draw_indices(len(real), n, draws, rng))
 
 
 def fid_infinity(generated: torch.Tensor, real: torch.Tensor, draws: int,
@@ -294,7 +296,7 @@ def matched_rows(pairs: list, layers: dict, kid_subset_size: int, context: dict,
         gen_f, real_f = gen_set[layers["fid"]], real_set[layers["fid"]]
         gen_index = draw_indices(len(gen_f), n, draws, rng)
         real_index = draw_indices(len(real_f), n, draws, rng)
-        values = {"FID": fid_batch(gen_f, real_f, gen_index, real_index)}
+        values = {"FID": fid_chunked(gen_f, real_f, gen_index, real_index)}
         for g, r in zip(gen_index, real_index):
             for metric, (value, _) in compute(take(gen_set, g), take(real_set, r), layers,
                                               kid_subset_size, ("KID", "IS", "PR")).items():
