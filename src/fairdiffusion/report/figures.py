@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf", "svg")
 GROUP_METRICS = ["FID", "FID-raw", "IS"]
-# ES of the size-matched metrics and of raw FID; the other -raw / -inf variants stay in the CSVs.
+# ES of the size-matched metrics and of raw FID beside ES-FID; the other -raw / -inf variants
+# stay in the CSVs.
 ES_VARIANTS_SHOWN = {"ES-FID-raw"}
+ES_ORDER = ["ES-FID", "ES-FID-raw", "ES-KID", "ES-IS"]
 
 
 def save(fig: plt.Figure, out: str | Path, formats: list[str]) -> list[Path]:
@@ -97,8 +99,12 @@ def groups(frame: pd.DataFrame) -> plt.Figure:
         raise FairDiffError("metric CSVs: no group-wise FID/IS rows")
     data = data.assign(panel=[M.label(m, extractor=e) for m, e in zip(data["metric"],
                                                                         data["extractor"])])
+    rank = M.first_seen(GROUP_METRICS, first=None)
+    panels = list(dict.fromkeys(data.sort_values("metric", key=lambda m: m.map(rank),
+                                                 kind="stable")["panel"]))
     grid = sns.catplot(data=data, kind="bar", x="group", y="value", hue="method",
-                       hue_order=_method_order(data["method"]), row="panel", col="attribute",
+                       hue_order=_method_order(data["method"]), row="panel", row_order=panels,
+                       col="attribute",
                        errorbar="sd", capsize=0.1, sharex="col", sharey="row", height=2.6,
                        aspect=1.1)
     grid.set_titles("{row_name} | {col_name}")
@@ -114,7 +120,9 @@ def es(frame: pd.DataFrame) -> plt.Figure:
         raise FairDiffError("metric CSVs: no ES-* rows")
     data = data.assign(panel=[M.label(m, extractor=e) + (f" {t}" if t else "")
                               for m, e, t in zip(data["metric"], data["extractor"], data["task"])])
-    panels = list(dict.fromkeys(data["panel"]))
+    rank = M.first_seen([*ES_ORDER, *data["metric"]], first=None)
+    panels = list(dict.fromkeys(data.sort_values("metric", key=lambda m: m.map(rank),
+                                                 kind="stable")["panel"]))
     grid = sns.catplot(data=data, kind="bar", x="attribute", y="value", hue="method",
                        hue_order=_method_order(data["method"]), col="panel", col_order=panels,
                        col_wrap=min(3, len(panels)), errorbar="sd", capsize=0.1, sharex=False,
