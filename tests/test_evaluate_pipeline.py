@@ -275,23 +275,25 @@ def _quality_inputs(env):
 
 def test_quality_matched_rows_share_one_n_and_equal_raw_where_a_group_is_whole(env):
     g, gen_rows, r, real_rows, layers, context = _quality_inputs(env)
+    # 11 real Asian test images: keep 11 generated ones too, so that group is whole on both sides
+    n_real = int((real_rows["race"] == "Asian").sum())
+    drop = np.flatnonzero(gen_rows["race"] == "Asian")[n_real:]
+    keep = np.setdiff1d(np.arange(len(gen_rows)), drop)
+    g, gen_rows = quality.take(g, keep), gen_rows.iloc[keep].reset_index(drop=True)
     out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
                                         {**EVALUATE, "bootstrap": 0}, context, seed=1))
     raw = out[out.metric == "FID-raw"].set_index(["attribute", "group"])
-    sizes = {key: min(n_gen, int((real_rows[key[0]] == key[1]).sum()) if key[0] != "all"
-                      else len(real_rows)) for key, n_gen in raw["n"].items()}
-    smallest = min(sizes.values())
     matched = out[out.metric.isin(["FID", "KID", "IS", "precision", "recall", "F-score"])]
-    assert (matched["n"] == smallest).all() and len(matched) == 6 * len(raw)
+    assert (matched["n"] == n_real).all() and len(matched) == 6 * len(raw)
     fid = out[out.metric == "FID"].set_index(["attribute", "group"])
     assert (fid["lower"] <= fid["value"]).all() and (fid["value"] <= fid["upper"]).all()
     # the overall set drawn down to the smallest group's size: FID's small-sample bias
     assert fid.loc[("all", "all"), "value"] > raw.loc[("all", "all"), "value"]
-    # a group whose two sides both have exactly n images: every draw is the whole group
-    whole = [k for k, n in sizes.items() if n == smallest and raw.loc[k, "n"] == smallest
-             and (real_rows[k[0]] == k[1]).sum() == smallest]
-    for key in whole:
-        assert fid.loc[key, "value"] == pytest.approx(raw.loc[key, "value"], rel=1e-6)
+    # every draw of the whole group is the whole group: matched = raw, no spread over draws
+    asian = fid.loc[("race", "Asian")]
+    assert asian["value"] == pytest.approx(raw.loc[("race", "Asian"), "value"], rel=1e-6)
+    assert asian["upper"] - asian["lower"] == pytest.approx(0, abs=1e-6)
+    assert fid.loc[("race", "White"), "upper"] > fid.loc[("race", "White"), "lower"]
     # ES and gaps from the matched values; FID-inf for every comparison
     race = fid.loc["race"]["value"]
     es = out[(out.metric == "ES-FID") & (out.attribute == "race")]["value"].item()
