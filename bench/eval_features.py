@@ -16,6 +16,12 @@ ratio of image passes (10x here). It is measured at the embedded default's 32 px
 Both use save_cpu_ram=True (no DataLoader worker processes) and one CPU thread (torch and BLAS). Prints the
 fastest of --repeats alternating runs of each way and, last, the speed ratio naive / cached;
 writes results/bench/eval_features.csv. Also prints how far apart the two ways' numbers are.
+
+Then the cost that size matching adds to a `fairdiff quality` job, from the cached features
+with the schema's evaluate defaults (matched_draws, bootstrap, kid_subset_size): the raw rows
+(every metric of every comparison at its own size, with FID-raw's bootstrap CI: the job before
+size matching), the size-matched rows with FID-inf, and MiFID against a training set of 5x the
+test size, each the fastest of --repeats.
 """
 
 from __future__ import annotations
@@ -109,6 +115,48 @@ def bench(n: int, resolution: int, kid_size: int, repeats: int) -> dict:
     return row
 
 
+def matched_cost(n: int, resolution: int, repeats: int) -> dict:
+    """Seconds of quality's raw rows, matched rows (+ FID-inf) and MiFID on cached features."""
+    import yaml
+
+    from fairdiffusion import config
+
+    settings = config.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))["evaluate"]
+    real_meta, real = synthetic.generate(n, resolution, seed=0)
+    gen_meta, gen = synthetic.generate(n, resolution, seed=1)
+    _, train = synthetic.generate(5 * n, resolution, seed=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "extractor"
+        untrained_extractor(folder, resolution)
+        fe, _, layers = extractor.open_extractor("domain", {}, folder, cuda=False)
+        g, r, t = (features.extract(x, fe) for x in (gen, real, train))
+    pairs = quality.comparisons(g, gen_meta, r, real_meta, ATTRIBUTES)
+    size = quality.matched_size(pairs, settings["matched_n"])
+
+    def fastest(work) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    kid = settings["kid_subset_size"]
+    row = {"images_per_set": n, "resolution": resolution, "matched_n": size,
+           "matched_draws": settings["matched_draws"], "bootstrap": settings["bootstrap"],
+           "raw_s": fastest(lambda: quality.raw_rows(pairs, layers, kid, {}, settings["bootstrap"], 0)),
+           "matched_s": fastest(lambda: quality.matched_rows(pairs, layers, kid, {}, size,
+                                                             settings["matched_draws"], 0)),
+           "mifid_s": fastest(lambda: quality.mifid(g[layers["fid"]], r[layers["fid"]],
+                                                    t[layers["fid"]]))}
+    added = row["matched_s"] + row["mifid_s"]
+    print(f"quality job, {resolution} px, {n} images per set, {len(pairs)} comparisons: raw rows "
+          f"{row['raw_s']:.2f} s; size matching ({settings['matched_draws']} draws at n = {size}, "
+          f"with FID-inf) {row['matched_s']:.2f} s; MiFID {row['mifid_s']:.3f} s; added "
+          f"{added:.2f} s ({added / row['raw_s']:.2f}x the raw rows)")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=600, help="images per set (real test, generated)")
@@ -125,6 +173,8 @@ def main() -> None:
     io.write_csv(args.out, pd.DataFrame(rows))
     summary = ", ".join(f"{r['ratio']:.1f}x at {r['resolution']} px" for r in rows)
     print(f"speed ratio (naive / cached): {summary}")
+    costs = [matched_cost(args.n, r, args.repeats) for r in args.resolutions]
+    io.write_csv(args.out.with_name("eval_features_matched.csv"), pd.DataFrame(costs))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fairdiffusion.evaluate import equity, semantic, stats
+import torch
+
+from fairdiffusion.evaluate import equity, images, quality, semantic, stats
 from fairdiffusion.errors import FairDiffError
 
 
@@ -157,3 +159,79 @@ def test_torchvision_backbone_from_local_weights(tmp_path):
         cnn.load_state(str(tmp_path / "pickled.pth"), "evaluate.classifier.backbone_weights")
     with pytest.raises(FairDiffError, match="evaluate.classifier.backbone.*resnet18"):
         cnn.build({"glaucoma": 2}, {"backbone": "resnet18"}, seed=0, size=32)
+
+
+def _features(n, dim, seed, shift=0.0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_mifid_equals_torchmetrics_on_the_same_features(shift):
+    from torchmetrics.image.mifid import MemorizationInformedFrechetInceptionDistance, _mifid_compute
+
+    real, generated, train = _features(300, 16, 0), _features(250, 16, 1, shift), _features(400, 16, 2)
+    # torchmetrics' metric (one real set for FID and the memorization term), features as images
+    metric = MemorizationInformedFrechetInceptionDistance(feature=torch.nn.Identity())
+    metric.update(real, real=True)
+    metric.update(generated, real=False)
+    assert quality.mifid(generated, real, real) == pytest.approx(metric.compute().item(), rel=1e-6)
+    # the training split as the memorization reference: torchmetrics' own compute on it
+    expected = _mifid_compute(real.mean(0), torch.cov(real.T), train, generated.mean(0),
+                              torch.cov(generated.T), generated).item()
+    assert quality.mifid(generated, real, train) == pytest.approx(expected, rel=1e-6)
+    # a generator that copies the training images is penalised: a distance < eps divides FID
+    copies = train + 0.05 * _features(400, 16, 5)
+    distance = quality.memorization_distance(train, copies)
+    fid = quality.fid_batch(copies, real, np.arange(400)[None], np.arange(300)[None])[0]
+    assert distance < quality.MIFID_EPS
+    assert quality.mifid(copies, real, train) == pytest.approx(fid / distance) and distance < 0.01
+    # torchmetrics' orientation: each reference row's nearest generated row, so copying a
+    # fraction of the training set leaves the mean distance above eps (no penalty)
+    assert quality.memorization_distance(train, copies[:100]) == 1.0
+
+
+def test_fid_infinity_removes_the_small_sample_bias():
+    # Same Gaussian on both sides: the true FID is 0, FID of 60 images is far above it. With the
+    # second side shifted by 1 in one dimension the true FID is 1.
+    rng = np.random.default_rng(0)
+    for shift, truth in ((0.0, 0.0), (1.0, 1.0)):
+        gen = _features(120, 8, 3)
+        real = _features(120, 8, 4)
+        real[:, 0] += shift
+        raw = quality.fid_batch(gen, real, np.arange(60)[None], np.arange(60)[None])[0]
+        value, lower, upper = quality.fid_infinity(gen, real, 20, rng)
+        assert abs(value - truth) < 0.4 * abs(raw - truth), (shift, value, raw)
+        assert lower <= upper
+
+
+def test_draws_are_subsets_without_replacement():
+    index = quality.draw_indices(30, 12, 50, np.random.default_rng(0))
+    assert index.shape == (50, 12)
+    assert all(len(set(row)) == 12 for row in index) and index.max() < 30
+    again = quality.draw_indices(30, 12, 50, np.random.default_rng(0))
+    assert (index == again).all() and len({tuple(r) for r in index}) > 1
+
+
+def test_metric_directions_have_one_owner():
+    from fairdiffusion.report import metrics
+
+    assert metrics.direction is equity.direction
+    lower = ["FID", "FID-raw", "FID-inf", "ES-FID", "ES-FID-raw", "ES-KID", "MiFID", "KID-raw",
+             "IS-gap", "IS-raw-gap", "DPD", "EOD"]
+    higher = ["IS", "IS-raw", "ES-IS-raw", "precision-raw", "recall", "F-score", "AUC", "ES-AUC"]
+    assert {equity.direction(m) for m in lower} == {"lower"}
+    assert {equity.direction(m) for m in higher} == {"higher"}
+    assert equity.direction("novelty") is None and equity.direction("FID-rawish") is None
+    with pytest.raises(ValueError, match="novelty"):
+        equity.higher_is_better("novelty")
+
+
+def test_jpeg_round_trip_changes_pixels_like_a_saved_jpeg(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    out = images.jpeg_round_trip(array)
+    assert out.shape == array.shape and out.dtype == np.uint8 and (out != array).any()
+    Image.fromarray(array[1]).save(tmp_path / "one.jpg")  # the authors' save: PIL's defaults
+    assert (np.asarray(Image.open(tmp_path / "one.jpg")) == out[1]).all()

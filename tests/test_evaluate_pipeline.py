@@ -19,7 +19,8 @@ LABELS = {k: list(v) for k, v in synthetic.LABELS.items()}
 DATASET = {"source": "synthetic", "resolution": 32, "attributes": ATTRIBUTES, "labels": LABELS,
            "synthetic": {"n_train": 240, "n_val": 20, "n_test": 120, "seed": 0, "difficulty": 1.0}}
 EVALUATE = {"extractor": "domain", "inception_weights": None, "alpha": 1.0, "kid_subset_size": 100,
-            "is_label": None, "bootstrap": 50,
+            "is_label": None, "bootstrap": 50, "matched_n": None, "matched_draws": 4,
+            "image_format": "png",
             "classifier": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003}}
 
 
@@ -49,7 +50,8 @@ def env(tmp_path_factory):
     assert main(["extractor", "--manifest", str(data / "manifest.csv"), "--dataset", ds,
                  "--evaluate", ev, "--threads", "1", "--out", str(root / "ext")]) == 0
     samples = write_samples(root / "samples" / "test", 120, seed=5)
-    for name, table, split in (("real", data / "manifest.csv", "test"), ("gen", samples, None)):
+    for name, table, split in (("real", data / "manifest.csv", "test"),
+                               ("train", data / "manifest.csv", "train"), ("gen", samples, None)):
         args = ["features", "--table", str(table), "--dataset", ds, "--evaluate", ev,
                 "--extractor-dir", str(root / "ext"), "--out", str(root / f"{name}.safetensors")]
         assert main(args + (["--split", split] if split else [])) == 0
@@ -165,10 +167,10 @@ def test_bootstrap_fid_is_torch_fidelitys_fid_of_each_resample(env):
     context = {"dataset": "toy", "method": "m", "seed": 0, "extractor": "domain"}
     rows_g, _ = rows_and_images(env, "gen")
     rows_r, _ = rows_and_images(env, "real")
-    out = pd.DataFrame(quality.evaluate(g, rows_g, r, rows_r, ATTRIBUTES, layers, 100, 1.0,
-                                        context, n_boot=50))
-    fid = out[out.metric == "FID"]
-    assert (fid["lower"] < fid["upper"]).all() and out[out.metric == "KID"]["lower"].isna().all()
+    out = pd.DataFrame(quality.evaluate(g, rows_g, r, rows_r, ATTRIBUTES, layers, EVALUATE,
+                                        context))
+    fid = out[out.metric == "FID-raw"]
+    assert (fid["lower"] < fid["upper"]).all() and out[out.metric == "KID-raw"]["lower"].isna().all()
 
 
 def test_group_metrics_equal_metrics_of_the_group_alone(env, tmp_path):
@@ -177,20 +179,23 @@ def test_group_metrics_equal_metrics_of_the_group_alone(env, tmp_path):
     g, _, tag, layers = features.load(env["root"] / "gen.safetensors")
     r, _, _, _ = features.load(env["root"] / "real.safetensors")
     context = {"dataset": "toy", "method": "m", "seed": 0, "extractor": tag}
-    out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers, 100, 1.0, context))
+    out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
+                                        {**EVALUATE, "bootstrap": 0}, context))
     fe, _, _ = extractor.open_extractor("domain", EVALUATE, env["root"] / "ext", cuda=False)
     # the group's images alone, through the network again
     gm, rm = gen_rows["gender"].to_numpy() == "Male", real_rows["gender"].to_numpy() == "Male"
     alone = quality.compute(features.extract(gen[gm], fe), features.extract(real[rm], fe), layers, 100)
     for metric, (value, _) in alone.items():
-        got = out[(out.metric == metric) & (out.attribute == "gender") & (out.group == "Male")]["value"]
+        got = out[(out.metric == metric + "-raw") & (out.attribute == "gender")
+                  & (out.group == "Male")]["value"]
         assert got.item() == pytest.approx(value, rel=1e-5, abs=1e-7), metric
-    # ES-FID per attribute is the documented formula over the group rows
-    groups = out[(out.metric == "FID") & (out.attribute == "race")]["value"].to_list()
-    overall = out[(out.metric == "FID") & (out.attribute == "all")]["value"].item()
-    es = out[(out.metric == "ES-FID") & (out.attribute == "race")]["value"].item()
-    assert es == pytest.approx(equity.equity_scaled(overall, groups, 1.0, higher_is_better=False))
-    assert es >= overall
+    # ES-FID per attribute is the documented formula over the group rows, matched and raw
+    for fid in ("FID", "FID-raw"):
+        groups = out[(out.metric == fid) & (out.attribute == "race")]["value"].to_list()
+        overall = out[(out.metric == fid) & (out.attribute == "all")]["value"].item()
+        es = out[(out.metric == f"ES-{fid}") & (out.attribute == "race")]["value"].item()
+        assert es == pytest.approx(equity.equity_scaled(overall, groups, 1.0, higher_is_better=False))
+        assert es >= overall
 
 
 def test_small_groups_are_skipped_with_a_warning(env, caplog):
@@ -201,8 +206,8 @@ def test_small_groups_are_skipped_with_a_warning(env, caplog):
     gen_rows = gen_rows.copy()
     gen_rows.loc[gen_rows.index[:200], "ethnicity"] = "Non-Hispanic"  # no generated Hispanic image
     with caplog.at_level(logging.WARNING):
-        out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers, 100, 1.0,
-                                            {"extractor": tag}))
+        out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
+                                            EVALUATE, {"extractor": tag}))
     assert "Hispanic" not in set(out["group"])
     assert "ethnicity=Hispanic" in caplog.text
     assert not out["value"].isna().any()
@@ -220,7 +225,8 @@ def test_ids_out_of_order_and_missing_inception_weights_are_errors(env, tmp_path
 def test_quality_semantic_measure_commands_write_tidy_csvs(env):
     root, ds, ev = env["root"], env["ds"], env["ev"]
     assert main(["quality", "--generated", str(root / "gen.safetensors"), "--generated-table",
-                 str(env["samples"]), "--real", str(root / "real.safetensors"), "--manifest",
+                 str(env["samples"]), "--real", str(root / "real.safetensors"), "--reference",
+                 str(root / "train.safetensors"), "--manifest",
                  str(env["manifest"]), "--dataset", ds, "--evaluate", ev, "--name", "toy",
                  "--method", "baseline", "--seed", "0", "--out", str(root / "quality.csv")]) == 0
     train = write_samples(root / "samples" / "train", 200, seed=6)
@@ -236,6 +242,14 @@ def test_quality_semantic_measure_commands_write_tidy_csvs(env):
         out = pd.read_csv(root / f"{name}.csv", keep_default_na=False)
         assert list(out.columns[:9]) == contract
         assert (out.loc[out.metric.str.startswith("ES-"), "group"] == "all").all()
+    quality_rows = pd.read_csv(root / "quality.csv")
+    g, _, _, layers = features.load(root / "gen.safetensors")
+    r, _, _, _ = features.load(root / "real.safetensors")
+    t, _, _, _ = features.load(root / "train.safetensors")
+    mifid = quality_rows[quality_rows.metric == "MiFID"]
+    assert mifid["value"].item() == pytest.approx(quality.mifid(g["features"], r["features"],
+                                                                t["features"]))
+    assert {"FID", "FID-raw", "FID-inf", "ES-FID", "ES-FID-raw"} <= set(quality_rows.metric)
     sem = pd.read_csv(root / "semantic.csv")
     auc = sem[(sem.metric == "AUC") & (sem.attribute == "all")]
     assert sorted(auc["task"]) == sorted(LABELS)
@@ -249,3 +263,75 @@ def test_quality_semantic_measure_commands_write_tidy_csvs(env):
     right = (per_image["cup_disc:measured"] == per_image["cup_disc:intended"]).mean()
     got = measured[(measured.task == "cup_disc") & (measured.attribute == "all") & (measured.metric == "accuracy")]
     assert got["value"].item() == pytest.approx(right)
+
+
+def _quality_inputs(env):
+    gen_rows, _ = rows_and_images(env, "gen")
+    real_rows, _ = rows_and_images(env, "real")
+    g, _, tag, layers = features.load(env["root"] / "gen.safetensors")
+    r, _, _, _ = features.load(env["root"] / "real.safetensors")
+    return g, gen_rows, r, real_rows, layers, {"extractor": tag}
+
+
+def test_quality_matched_rows_share_one_n_and_equal_raw_where_a_group_is_whole(env):
+    g, gen_rows, r, real_rows, layers, context = _quality_inputs(env)
+    # 11 real Asian test images: keep 11 generated ones too, so that group is whole on both sides
+    n_real = int((real_rows["race"] == "Asian").sum())
+    drop = np.flatnonzero(gen_rows["race"] == "Asian")[n_real:]
+    keep = np.setdiff1d(np.arange(len(gen_rows)), drop)
+    g, gen_rows = quality.take(g, keep), gen_rows.iloc[keep].reset_index(drop=True)
+    out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
+                                        {**EVALUATE, "bootstrap": 0}, context, seed=1))
+    raw = out[out.metric == "FID-raw"].set_index(["attribute", "group"])
+    matched = out[out.metric.isin(["FID", "KID", "IS", "precision", "recall", "F-score"])]
+    assert (matched["n"] == n_real).all() and len(matched) == 6 * len(raw)
+    fid = out[out.metric == "FID"].set_index(["attribute", "group"])
+    assert (fid["lower"] <= fid["value"]).all() and (fid["value"] <= fid["upper"]).all()
+    # the overall set drawn down to the smallest group's size: FID's small-sample bias
+    assert fid.loc[("all", "all"), "value"] > raw.loc[("all", "all"), "value"]
+    # every draw of the whole group is the whole group: matched = raw, no spread over draws
+    asian = fid.loc[("race", "Asian")]
+    assert asian["value"] == pytest.approx(raw.loc[("race", "Asian"), "value"], rel=1e-6)
+    assert asian["upper"] - asian["lower"] == pytest.approx(0, abs=1e-6)
+    assert fid.loc[("race", "White"), "upper"] > fid.loc[("race", "White"), "lower"]
+    # ES and gaps from the matched values; FID-inf for every comparison
+    race = fid.loc["race"]["value"]
+    es = out[(out.metric == "ES-FID") & (out.attribute == "race")]["value"].item()
+    assert es == pytest.approx(equity.equity_scaled(fid.loc[("all", "all"), "value"], race, 1.0,
+                                                    higher_is_better=False))
+    gap = out[(out.metric == "FID-gap") & (out.attribute == "race")]["value"].item()
+    assert gap == pytest.approx(race.max() - race.min())
+    assert len(out[out.metric == "FID-inf"]) == len(raw)
+    again = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
+                                          {**EVALUATE, "bootstrap": 0}, context, seed=1))
+    pd.testing.assert_frame_equal(out, again)  # seeded draws
+
+
+def test_quality_matched_n_is_used_and_a_too_large_one_is_an_error(env):
+    g, gen_rows, r, real_rows, layers, context = _quality_inputs(env)
+    settings = {**EVALUATE, "bootstrap": 0, "matched_n": 10}
+    out = pd.DataFrame(quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers, settings,
+                                        context))
+    assert (out[out.metric == "KID"]["n"] == 10).all()
+    with pytest.raises(FairDiffError, match=r"evaluate.matched_n: 500 images exceed the smallest"):
+        quality.evaluate(g, gen_rows, r, real_rows, ATTRIBUTES, layers,
+                         {**settings, "matched_n": 500}, context)
+
+
+def test_quality_jpeg_features_are_tagged_and_never_compared_with_png(env, tmp_path, capsys):
+    root, ds = env["root"], env["ds"]
+    ev = json.dumps({**EVALUATE, "image_format": "jpeg"})
+    out = tmp_path / "real-jpeg.safetensors"
+    assert main(["features", "--table", str(env["manifest"]), "--split", "test", "--dataset", ds,
+                 "--evaluate", ev, "--extractor-dir", str(root / "ext"), "--out", str(out)]) == 0
+    jpeg, _, tag, _ = features.load(out)
+    png, _, png_tag, _ = features.load(root / "real.safetensors")
+    assert tag == png_tag + "+jpeg75"
+    assert not torch.equal(jpeg["features"], png["features"])
+    args = ["quality", "--generated", str(root / "gen.safetensors"), "--generated-table",
+            str(env["samples"]), "--real", str(out), "--reference", str(root / "train.safetensors"),
+            "--manifest", str(env["manifest"]), "--dataset", ds, "--evaluate", ev, "--name", "toy",
+            "--method", "m", "--seed", "0", "--out", str(tmp_path / "quality.csv")]
+    assert main(args) == 2
+    assert f"extractor {png_tag} differs from {out}'s {tag}" in capsys.readouterr().err
+    assert not (tmp_path / "quality.csv").exists()

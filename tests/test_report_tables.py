@@ -78,6 +78,30 @@ def test_directions():
     assert metrics.label("AUC", "race", "Black") == "AUC ↑ race: Black"
 
 
+def test_quality_tables_show_matched_and_raw_values_side_by_side():
+    # the raw twin of every matched row, 3 higher (small groups punished for their size)
+    frame = quality_frame()
+    raw = frame[frame["metric"].isin(["FID", "ES-FID", "IS"])].assign(
+        metric=lambda f: f["metric"] + "-raw", value=lambda f: f["value"] + 3)
+    extra = [row(m, s, metric, FID[m][s] / 2) for m in FID for s in range(3)
+             for metric in ("FID-inf", "MiFID")]
+    frame = pd.concat([frame, raw, pd.DataFrame(extra)], ignore_index=True)
+    table = tables.quality(frame)
+    columns = list(table.text.columns)
+    for column in ("FID ↓ [domain]", "FID-raw ↓ [domain]", "FID-inf ↓ [domain]",
+                   "MiFID ↓ [domain]", "ES-FID ↓ race [domain]", "ES-FID-raw ↓ race [domain]"):
+        assert column in columns, column
+    assert columns.index("FID ↓ [domain]") < columns.index("FID-raw ↓ [domain]")
+    mean, _ = parse(cell(table, "FID-raw ↓ [domain]", "baseline")[0])
+    assert mean == pytest.approx(np.mean(FID["baseline"]) + 3, abs=0.051)
+    assert "size-matched" in table.note and "-raw = each at its own size" in table.note
+    groups = tables.groups(frame)
+    assert {"FID ↓ race: Asian [domain]", "FID-raw ↓ race: Asian [domain]",
+            "IS ↑ race: Asian [domain]"} <= set(groups.text.columns)
+    assert "IS-raw ↑ race: Asian [domain]" not in groups.text.columns
+    assert "size-matched" in groups.note
+
+
 def test_best_ties_are_all_marked_and_unknown_metrics_never():
     frame = pd.DataFrame([row("a", 0, "FID", 5.0), row("b", 0, "FID", 5.0), row("c", 0, "FID", 6.0),
                           row("a", 0, "KID", 1.0), row("b", 0, "KID", 2.0)])

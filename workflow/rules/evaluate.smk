@@ -1,13 +1,14 @@
 # Evaluation: features once per image set, then quality / semantic / measured metrics per run.
-# Feature sets: real-test (the manifest's test split) and {method}-seed{seed}-test (a run's
-# samples of the test prompts), under results/features/{dataset}/{extractor}/.
+# Feature sets: real-test / real-train (the manifest's test / train split; train is MiFID's
+# memorization reference) and {method}-seed{seed}-test (a run's samples of the test prompts),
+# under results/features/{dataset}/{extractor}/.
 
 
 include: "evaluate_common.smk"
 
 
 wildcard_constraints:
-    imageset=r"real-test|[A-Za-z0-9_]+-seed\d+-test",
+    imageset=r"real-test|real-train|[A-Za-z0-9_]+-seed\d+-test",
     extractor="domain|inception-v3-compat",
 
 
@@ -53,7 +54,7 @@ rule extract_features:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
-        split=lambda wc: "--split test" if wc.imageset == "real-test" else "",
+        split=lambda wc: real_split_arg(wc.imageset),
         extractor_dir=lambda wc: f"{RESULTS}/models/{wc.dataset}/extractor",
     shell:
         "fairdiff features --table {input.table} {params.split} --dataset {params.dataset} "
@@ -66,6 +67,7 @@ rule quality:
         generated=lambda wc: feature_file(wc.dataset, f"{wc.method}-seed{wc.seed}-test"),
         samples=lambda wc: samples_dir(wc, "test"),
         real=lambda wc: feature_file(wc.dataset, "real-test"),
+        reference=lambda wc: feature_file(wc.dataset, "real-train"),
         manifest=manifest_path,
     output:
         csv=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/quality.csv",
@@ -84,7 +86,8 @@ rule quality:
         evaluate=as_arg(config["evaluate"]),
     shell:
         "fairdiff quality --generated {input.generated} --generated-table {input.samples} "
-        "--real {input.real} --manifest {input.manifest} --dataset {params.dataset} "
+        "--real {input.real} --reference {input.reference} --manifest {input.manifest} "
+        "--dataset {params.dataset} "
         "--evaluate {params.evaluate} --name {wildcards.dataset} --method {wildcards.method} "
         "--seed {wildcards.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
 

@@ -31,9 +31,16 @@ def classifier_weights(wildcards):
     return config["evaluate"]["classifier"]["backbone_weights"] or []
 
 
+def real_split_arg(imageset):
+    """--split of a real image set (real-test, real-train); none for a run's samples."""
+    if imageset.startswith("real-"):
+        return f"--split {imageset.removeprefix('real-')}"
+    return ""
+
+
 def imageset_table(wildcards):
     """What an image set's features are extracted from: the manifest, or a run's samples."""
-    if wildcards.imageset == "real-test":
+    if wildcards.imageset.startswith("real-"):
         return manifest_path(wildcards)
     method, seed = wildcards.imageset.removesuffix("-test").rsplit("-seed", 1)
     return samples_dir(wildcards, "test", method, seed)

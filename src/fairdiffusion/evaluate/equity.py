@@ -19,8 +19,34 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-HIGHER_IS_BETTER = {"AUC": True, "IS": True, "precision": True, "recall": True, "F-score": True,
-                    "accuracy": True, "FID": False, "KID": False}
+# The one table of metric directions (the report asks `direction`). Variants name their base:
+# "ES-M" has M's direction (the lower-is-better form scales up with disparity), "M-raw" (at
+# each group's own size) and "M-inf" (extrapolated to infinitely many images) too, and every
+# "<metric>-gap" (max - min over groups) is lower-is-better.
+LOWER_IS_BETTER = {"FID", "KID", "MiFID", "DPD", "EOD"}
+HIGHER_IS_BETTER = {"IS", "precision", "recall", "F-score", "AUC", "accuracy"}
+VARIANTS = ("-raw", "-inf")
+
+
+def direction(metric: str) -> str | None:
+    """'lower', 'higher', or None for a metric of unknown direction (no arrow, no best)."""
+    if metric.endswith("-gap"):
+        return "lower"
+    base = metric.removeprefix("ES-")
+    for suffix in VARIANTS:
+        base = base.removesuffix(suffix)
+    if base in LOWER_IS_BETTER:
+        return "lower"
+    if base in HIGHER_IS_BETTER:
+        return "higher"
+    return None
+
+
+def higher_is_better(metric: str) -> bool:
+    way = direction(metric)
+    if way is None:
+        raise ValueError(f"metric {metric!r} has no known direction")
+    return way == "higher"
 
 
 def equity_scaled(overall: float, group_values: Iterable[float], alpha: float = 1.0,

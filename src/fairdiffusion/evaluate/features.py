@@ -4,6 +4,10 @@ Output: one safetensors file with a tensor per torch-fidelity feature layer (e.g
 and `logits` for the domain extractor) and, in its metadata, the row ids (JSON list, in row
 order), the extractor tag (with its weights hash) and the metric -> layer map. Every metric of
 every group is then computed from this file; the network never runs again for this set.
+
+evaluate.image_format jpeg passes every image through a JPEG encode/decode in memory first
+(images.jpeg_round_trip, the authors' protocol); the tag then ends in `+jpeg75`, so features
+of PNG and JPEG images are never compared with each other.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace) -> None:
     rows = images.read_table(args.table, args.split, args.dataset["attributes"], args.dataset["labels"])
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,
                                                    args.extractor_dir, cuda)
+    array = images.load_images(rows)
+    if args.evaluate["image_format"] == "jpeg":
+        array = images.jpeg_round_trip(array)
+        tag += f"+jpeg{images.JPEG_QUALITY}"
     log.info("extracting %s features of %d images (%s)", tag, len(rows), rows.attrs["source"])
-    features = extract(images.load_images(rows), fe, args.batch_size, cuda)
+    features = extract(array, fe, args.batch_size, cuda)
     save(args.out, features, rows["id"].tolist(), tag, layers)

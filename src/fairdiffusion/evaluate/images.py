@@ -68,6 +68,25 @@ def load_images(frame: pd.DataFrame, size: int | None = None) -> np.ndarray:
     return np.stack(arrays)
 
 
+# PIL's default quality, which the authors' `img.save("....jpg")` uses
+# (examples/text_to_image/evaluate_fairdiffusion.py:87-88; 4:2:0 chroma subsampling, also PIL's).
+JPEG_QUALITY = 75
+
+
+def jpeg_round_trip(images: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """uint8 [N, H, W, 3] images encoded as JPEG and decoded again, in memory."""
+    import io
+
+    out = np.empty_like(images)
+    for i, array in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as img:
+            out[i] = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return out
+
+
 class UInt8Images(Dataset):
     """uint8 [N, H, W, 3] images as a Dataset of uint8 [3, H, W] tensors (torch-fidelity's input)."""
 

@@ -1,26 +1,43 @@
 """`fairdiff quality`: FID, KID, IS and precision/recall overall and per group, with ES-metrics.
 
-Everything is computed from two cached feature files (`fairdiff features`): the generated
-images of one run (input1, grouped by the attributes in their prompts) and the real test
-images (input2, grouped by their manifest attributes). Group g's metrics compare the
-generated images whose prompt names g with the real test images of g; IS uses the
-generated images of g alone. The maths is torch-fidelity's (its *_featuresdict_to_* /
-*_statistics_to_* functions), fed the cached features -- no network runs here.
+Everything is computed from cached feature files (`fairdiff features`): the generated images
+of one run (input1, grouped by the attributes in their prompts), the real test images (input2,
+grouped by their manifest attributes) and the real training images (MiFID's memorization
+reference). Group g's metrics compare the generated images whose prompt names g with the real
+test images of g; IS uses the generated images of g alone. The maths is torch-fidelity's (its
+*_featuresdict_to_* / *_statistics_to_* functions), fed the cached features -- no network runs
+here.
+
+FID, IS and precision/recall depend on the number of images (FID is biased up roughly like
+1/n), so a small group scores worse than a large one even for a perfect generator. Hence two
+estimates of every metric, side by side:
+- size-matched (`FID`, `KID`, `IS`, `precision`, `recall`, `F-score`): every comparison, the
+  overall one included, at the same n -- evaluate.matched_n, or by default the smallest
+  evaluated group's size -- on n images drawn without replacement from each side; the value is
+  the mean over evaluate.matched_draws seeded draws, `lower`/`upper` the 2.5/97.5 percentiles
+  of the draws and `std` their spread. ES-metrics and gaps are computed from these means;
+- raw (`FID-raw`, `KID-raw`, ...): each comparison at its own size, the authors' protocol
+  (torchmetrics per group, examples/text_to_image/evaluate_fairdiffusion.py:153-184); FID-raw
+  carries a percentile bootstrap 95% CI over evaluate.bootstrap resamples of the generated and
+  the real images;
+- `FID-inf` (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score"): FID of each
+  comparison at FID_INF_POINTS sizes from half its size to all of it (mean over the draws),
+  a least-squares line in 1/n, its intercept; the CI is over the draws' intercepts;
+- `MiFID` (overall, all images): torchmetrics' MemorizationInformedFrechetInceptionDistance
+  maths with the real training images as the memorization reference (`mifid`).
 
 Rules:
 - a group with fewer than MIN_IMAGES images on either side is skipped with a warning (no
   metric is defined on a handful of images: FID needs a covariance, PR a k=3 neighbourhood,
-  IS 10 splits);
+  IS 10 splits); an evaluate.matched_n that an evaluated group cannot reach is an error;
 - KID's subset size is evaluate.kid_subset_size capped at half the smaller of the two sets
   compared (per comparison, so a group's value equals KID computed on that group alone); its
   100 subsets are evaluated together (`kid`: torch-fidelity's kernel and estimator, kernel
-  rows computed once per comparison instead of three kernels per subset);
-- ES-FID, ES-KID, ES-IS per attribute (equity.equity_scaled, alpha = evaluate.alpha) over the
-  groups evaluated; `<metric>-gap` per attribute = max - min group value, for every metric;
-- FID rows carry a percentile bootstrap 95% CI (lower/upper) over evaluate.bootstrap resamples
-  of the generated and the real images of the comparison; KID and IS carry the std of their
-  estimator over subsets/splits instead (a bootstrap of KID would repeat its 100 subsets per
-  resample).
+  rows computed once per comparison instead of three kernels per subset); KID and IS carry the
+  std of their estimator over subsets/splits where they are raw;
+- ES-M per attribute (equity.equity_scaled, alpha = evaluate.alpha) over the groups evaluated,
+  for M in FID, KID, IS (matched), their -raw rows and FID-inf; `<metric>-gap` per attribute =
+  max - min group value, for every metric.
 """
 
 from __future__ import annotations
@@ -39,7 +56,10 @@ from . import equity, features, images, stats, tidy
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 10
-ES_METRICS = ("FID", "KID", "IS")
+RAW = "-raw"
+ES_METRICS = ("FID", "KID", "IS", "FID-raw", "KID-raw", "IS-raw", "FID-inf")
+FID_INF_POINTS = 5
+MIFID_EPS = 0.1  # torchmetrics' cosine_distance_eps default
 
 
 def fidelity_kwargs(n1: int, n2: int, kid_subset_size: int) -> dict:
@@ -139,16 +159,20 @@ def fid_batch(generated: torch.Tensor, real: torch.Tensor, gen_index: np.ndarray
     return ((mu1 - mu2).pow(2).sum(1) + trace - 2 * cross).numpy()
 
 
-def fid_ci(generated: torch.Tensor, real: torch.Tensor, n_boot: int, seed: int,
-           chunk: int = 100) -> tuple[float, float]:
+def fid_chunked(generated: torch.Tensor, real: torch.Tensor, gen_index: np.ndarray,
+                real_index: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """fid_batch over the rows of the index arrays, `chunk` rows at a time (bounded memory)."""
+    return np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
+                                     real_index[i:i + chunk]) for i in range(0, len(gen_index), chunk)])
+
+
+def fid_ci(generated: torch.Tensor, real: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of FID (generated and real images resampled independently)."""
     if n_boot <= 0:
         return np.nan, np.nan
     gen_index = stats.bootstrap_indices(len(generated), n_boot, seed)
     real_index = stats.bootstrap_indices(len(real), n_boot, seed + 1)
-    values = np.concatenate([fid_batch(generated, real, gen_index[i:i + chunk],
-                                       real_index[i:i + chunk]) for i in range(0, n_boot, chunk)])
-    return stats.percentile_ci(values)
+    return stats.percentile_ci(fid_chunked(generated, real, gen_index, real_index))
 
 
 def subset(feats: dict, mask: np.ndarray) -> dict:
@@ -156,45 +180,174 @@ def subset(feats: dict, mask: np.ndarray) -> dict:
     return {k: v[index] for k, v in feats.items()}
 
 
-def evaluate(generated: dict, gen_rows, real: dict, real_rows, attributes: dict, layers: dict,
-             kid_subset_size: int, alpha: float, context: dict, n_boot: int = 0,
-             seed: int = 0) -> list[dict]:
-    """Tidy rows: every metric overall and per group (FID with an `n_boot` bootstrap CI), then
-    ES-metrics and gaps per attribute."""
-    rows, per_attribute = [], {}
+def take(feats: dict, index: np.ndarray) -> dict:
+    index = torch.from_numpy(index)
+    return {k: v[index] for k, v in feats.items()}
+
+
+def draw_indices(n_items: int, n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """[draws, n] row indices, each row n distinct items of n_items (without replacement)."""
+    return np.argsort(rng.random((draws, n_items)), axis=1)[:, :n]
+
+
+def fid_draws(generated: torch.Tensor, real: torch.Tensor, n: int, draws: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """FID of `draws` pairs of n-image subsets (without replacement)."""
+    return fid_chunked(generated, real, draw_indices(len(generated), n, draws, rng),
+                       draw_indices(len(real), n, draws, rng))
+
+
+def fid_infinity(generated: torch.Tensor, real: torch.Tensor, draws: int,
+                 rng: np.random.Generator) -> tuple[float, float, float]:
+    """(FID-inf, lower, upper): FID at FID_INF_POINTS sizes from half the comparison to all of
+    it, both sides drawn at that size, fitted by a line in 1/n (Chong & Forsyth 2020); the
+    value is the intercept of the draws' mean, the CI the percentiles of each draw's intercept."""
+    top = min(len(generated), len(real))
+    sizes = np.unique(np.linspace(max(MIN_IMAGES, top // 2), top, FID_INF_POINTS).astype(int))
+    if len(sizes) < 2:
+        return np.nan, np.nan, np.nan
+    values = np.stack([fid_draws(generated, real, int(n), draws, rng) for n in sizes])
+    intercepts = np.polyfit(1.0 / sizes, values, 1)[1]
+    return (float(np.polyfit(1.0 / sizes, values.mean(axis=1), 1)[1]),
+            *stats.percentile_ci(intercepts))
+
+
+def memorization_distance(reference: torch.Tensor, generated: torch.Tensor,
+                          eps: float = MIFID_EPS) -> float:
+    """torchmetrics' MiFID penalty: the mean over reference rows (all-zero rows dropped) of the
+    smallest cosine distance 1 - |cos| to a generated row; 1 (no penalty) when it is >= eps."""
+    ref = reference.double()[reference.double().sum(dim=1) != 0]
+    gen = generated.double()[generated.double().sum(dim=1) != 0]
+    ref, gen = ref / ref.norm(dim=1, keepdim=True), gen / gen.norm(dim=1, keepdim=True)
+    distance = float((1.0 - (ref @ gen.T).abs()).min(dim=1).values.mean())
+    return distance if distance < eps else 1.0
+
+
+def mifid(generated: torch.Tensor, real: torch.Tensor, reference: torch.Tensor,
+          eps: float = MIFID_EPS) -> float:
+    """Memorization-informed FID: FID(generated, real) / memorization_distance(reference,
+    generated), 0 when FID <= 1e-8 (torchmetrics.image.mifid._mifid_compute; torchmetrics uses
+    one real set for both terms, here the memorization reference is the training split)."""
+    index = (np.arange(len(generated))[None], np.arange(len(real))[None])
+    fid = float(fid_batch(generated, real, *index)[0])
+    return fid / (memorization_distance(reference, generated, eps) + 10e-15) if fid > 1e-8 else 0.0
+
+
+def comparisons(generated: dict, gen_rows, real: dict, real_rows,
+                attributes: dict) -> list[tuple[str, str, dict, dict]]:
+    """(attribute, group, generated features, real features): overall first, then every group
+    with at least MIN_IMAGES images on both sides (the others are skipped with a warning)."""
+    out = []
     real_groups = {(a, g): m for a, g, m in images.groups(real_rows, attributes)}
     for attribute, group, gen_mask in images.groups(gen_rows, attributes):
         real_mask = real_groups[attribute, group]
         n_gen, n_real = int(gen_mask.sum()), int(real_mask.sum())
         if min(n_gen, n_real) < MIN_IMAGES:
+            if attribute == "all":
+                where = " vs ".join(str(r.attrs.get("source", "")) for r in (gen_rows, real_rows))
+                raise FairDiffError(f"{where}: too few images to evaluate (fewer than "
+                                    f"{MIN_IMAGES} generated or real)")
             log.warning("skipping %s=%s: %d generated / %d real images (< %d)",
                         attribute, group, n_gen, n_real, MIN_IMAGES)
             continue
-        gen_set, real_set = subset(generated, gen_mask), subset(real, real_mask)
+        out.append((attribute, group, subset(generated, gen_mask), subset(real, real_mask)))
+    return out
+
+
+def count(feats: dict) -> int:
+    return len(next(iter(feats.values())))
+
+
+def matched_size(pairs: list, matched_n: int | None) -> int:
+    """evaluate.matched_n, or the size of the smallest comparison (the smaller of its sides)."""
+    sizes = {(a, g): min(count(gen), count(real)) for a, g, gen, real in pairs}
+    (attribute, group), smallest = min(sizes.items(), key=lambda item: item[1])
+    if matched_n is None:
+        return smallest
+    if matched_n > smallest:
+        raise FairDiffError(f"evaluate.matched_n: {matched_n} images exceed the smallest "
+                            f"evaluated group ({attribute}={group}: {smallest}); set it to at "
+                            f"most {smallest}, or null for the smallest group's size")
+    return matched_n
+
+
+def raw_rows(pairs: list, layers: dict, kid_subset_size: int, context: dict, n_boot: int,
+             seed: int) -> list[dict]:
+    """Every metric of every comparison at its own size (`<metric>-raw`; FID-raw with a
+    bootstrap CI)."""
+    rows = []
+    for attribute, group, gen_set, real_set in pairs:
         values = compute(gen_set, real_set, layers, kid_subset_size)
         lower, upper = fid_ci(gen_set[layers["fid"]], real_set[layers["fid"]], n_boot, seed)
         for metric, (value, std) in values.items():
             ci = (lower, upper) if metric == "FID" else (np.nan, np.nan)
-            rows.append(tidy.row(context, metric, value, attribute, group, std=std, lower=ci[0],
-                                 upper=ci[1], n=n_gen))
-            if attribute != "all":
-                per_attribute.setdefault((attribute, metric), []).append(value)
+            rows.append(tidy.row(context, metric + RAW, value, attribute, group, std=std,
+                                 lower=ci[0], upper=ci[1], n=count(gen_set)))
+    return rows
+
+
+def matched_rows(pairs: list, layers: dict, kid_subset_size: int, context: dict, n: int,
+                 draws: int, seed: int) -> list[dict]:
+    """Every metric of every comparison at n images a side, over `draws` seeded draws (mean,
+    std and 2.5/97.5 percentiles of the draws), then FID-inf of every comparison."""
+    rows = []
+    rng = np.random.default_rng([seed, n])
+    for attribute, group, gen_set, real_set in pairs:
+        gen_f, real_f = gen_set[layers["fid"]], real_set[layers["fid"]]
+        gen_index = draw_indices(len(gen_f), n, draws, rng)
+        real_index = draw_indices(len(real_f), n, draws, rng)
+        values = {"FID": fid_chunked(gen_f, real_f, gen_index, real_index)}
+        for g, r in zip(gen_index, real_index):
+            for metric, (value, _) in compute(take(gen_set, g), take(real_set, r), layers,
+                                              kid_subset_size, ("KID", "IS", "PR")).items():
+                values.setdefault(metric, []).append(value)
+        for metric, draw_values in values.items():
+            draw_values = np.asarray(draw_values, dtype=float)
+            lower, upper = stats.percentile_ci(draw_values)
+            rows.append(tidy.row(context, metric, draw_values.mean(), attribute, group,
+                                 std=draw_values.std(), lower=lower, upper=upper, n=n))
+        value, lower, upper = fid_infinity(gen_f, real_f, draws, rng)
+        rows.append(tidy.row(context, "FID-inf", value, attribute, group, lower=lower,
+                             upper=upper, n=min(len(gen_f), len(real_f))))
+    return rows
+
+
+def equity_rows(rows: list[dict], attributes: dict, alpha: float, context: dict) -> list[dict]:
+    """ES-M (M in ES_METRICS) and `<metric>-gap` of every metric, per attribute."""
     overall = {r["metric"]: r["value"] for r in rows if r["attribute"] == "all"}
-    if not overall:
-        where = " vs ".join(str(r.attrs.get("source", "")) for r in (gen_rows, real_rows))
-        raise FairDiffError(f"{where}: too few images to evaluate (fewer than {MIN_IMAGES} "
-                            f"generated or real)")
+    out = []
     for attribute in attributes:
         for metric in overall:
-            group_values = per_attribute.get((attribute, metric), [])
+            group_values = [r["value"] for r in rows
+                            if r["attribute"] == attribute and r["metric"] == metric]
             if not group_values:
                 continue
             if metric in ES_METRICS:
                 es = equity.equity_scaled(overall[metric], group_values, alpha,
-                                          equity.HIGHER_IS_BETTER[metric])
-                rows.append(tidy.row(context, f"ES-{metric}", es, attribute))
-            rows.append(tidy.row(context, f"{metric}-gap", equity.gap(group_values), attribute))
-    return rows
+                                          equity.higher_is_better(metric))
+                out.append(tidy.row(context, f"ES-{metric}", es, attribute))
+            out.append(tidy.row(context, f"{metric}-gap", equity.gap(group_values), attribute))
+    return out
+
+
+def evaluate(generated: dict, gen_rows, real: dict, real_rows, attributes: dict, layers: dict,
+             settings: dict, context: dict, seed: int = 0,
+             reference: dict | None = None) -> list[dict]:
+    """Tidy rows: size-matched metrics (with FID-inf) and raw ones, overall and per group, then
+    MiFID overall (when training-image features `reference` are given), ES-metrics and gaps.
+
+    settings: config['evaluate'] (kid_subset_size, alpha, bootstrap, matched_n,
+    matched_draws)."""
+    pairs = comparisons(generated, gen_rows, real, real_rows, attributes)
+    n = matched_size(pairs, settings["matched_n"])
+    kid_size = settings["kid_subset_size"]
+    rows = matched_rows(pairs, layers, kid_size, context, n, settings["matched_draws"], seed)
+    rows += raw_rows(pairs, layers, kid_size, context, settings["bootstrap"], seed)
+    if reference is not None:
+        _, _, gen_all, real_all = pairs[0]
+        value = mifid(gen_all[layers["fid"]], real_all[layers["fid"]], reference[layers["fid"]])
+        rows.append(tidy.row(context, "MiFID", value, n=count(gen_all)))
+    return rows + equity_rows(rows, attributes, settings["alpha"], context)
 
 
 def aligned(path: str, rows, what: str):
@@ -210,8 +363,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generated", required=True, help="features of the generated images")
     parser.add_argument("--generated-table", required=True, help="their samples folder or prompts.csv")
     parser.add_argument("--real", required=True, help="features of the real test images")
+    parser.add_argument("--reference", required=True,
+                        help="features of the real training images (MiFID's memorization reference)")
     parser.add_argument("--manifest", required=True, help="the dataset's manifest.csv")
     parser.add_argument("--split", default="test", help="manifest split of the real features")
+    parser.add_argument("--reference-split", default="train",
+                        help="manifest split of the reference features")
     parser.add_argument("--dataset", type=json_arg, required=True, help="the dataset's config (JSON)")
     parser.add_argument("--evaluate", type=json_arg, required=True, help="config['evaluate'] (JSON)")
     parser.add_argument("--name", required=True, help="dataset name (the dataset column)")
@@ -228,11 +385,13 @@ def run(args: argparse.Namespace) -> None:
     real_rows = images.read_table(args.manifest, args.split, attributes, labels)
     generated, tag, layers = aligned(args.generated, gen_rows, "generated")
     real, real_tag, _ = aligned(args.real, real_rows, "real")
-    if tag != real_tag:
-        raise FairDiffError(f"{args.generated}: extractor {tag} differs from {args.real}'s {real_tag}")
+    ref_rows = images.read_table(args.manifest, args.reference_split, attributes, labels)
+    reference, ref_tag, _ = aligned(args.reference, ref_rows, "reference")
+    for path, other in ((args.real, real_tag), (args.reference, ref_tag)):
+        if other != tag:
+            raise FairDiffError(f"{args.generated}: extractor {tag} differs from {path}'s {other}")
     context = {"dataset": args.name, "method": args.method, "seed": args.seed, "extractor": tag}
-    rows = evaluate(generated, gen_rows, real, real_rows, attributes, layers,
-                    args.evaluate["kid_subset_size"], args.evaluate["alpha"], context,
-                    args.evaluate["bootstrap"], args.seed)
+    rows = evaluate(generated, gen_rows, real, real_rows, attributes, layers, args.evaluate,
+                    context, args.seed, reference)
     io.write_csv(args.out, tidy.frame(rows))
     io.write_run_info_beside(args.out, args)

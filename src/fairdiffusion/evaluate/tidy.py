@@ -6,9 +6,10 @@ import math
 
 import pandas as pd
 
-# Contract columns, then: std (spread of the estimator where the metric has one: KID and IS
-# over subsets/splits), lower/upper (bootstrap 95% CI over test images, where computed), n
-# (images the value is computed on).
+# Contract columns, then: std (spread of the estimator where the metric has one: raw KID and IS
+# over subsets/splits, size-matched metrics over their draws), lower/upper (95% interval: a
+# bootstrap over test images, or the percentiles of the size-matched draws), n (generated
+# images the value is computed on).
 COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
            "value", "std", "lower", "upper", "n"]
 

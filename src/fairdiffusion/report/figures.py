@@ -2,10 +2,11 @@
 asked with --formats).
 
 Kinds:
-  groups      FID and IS of every demographic group, one panel per metric and attribute; bars
-              are arms, error bars the std over seeds (--metrics: quality CSVs)
-  es          equity-scaled metrics (ES-FID, ES-IS, ES-KID, ES-AUC per task) by attribute
-              (--metrics: quality and semantic CSVs)
+  groups      FID (size-matched), FID-raw (each group at its own size) and IS of every
+              demographic group, one panel per metric and attribute; bars are arms, error bars
+              the std over seeds (--metrics: quality CSVs)
+  es          equity-scaled metrics (ES-FID, ES-FID-raw, ES-IS, ES-KID, ES-AUC per task) by
+              attribute (--metrics: quality and semantic CSVs)
   trajectory  the Fair Bayesian Perturbation state over training: sigma of every group and the
               loss gap of every attribute (rolling mean over --window steps), one column per arm
               (--logs: bo_trajectory.csv files)
@@ -42,6 +43,11 @@ from . import metrics as M  # noqa: E402
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf", "svg")
+GROUP_METRICS = ["FID", "FID-raw", "IS"]
+# ES of the size-matched metrics and of raw FID beside ES-FID; the other -raw / -inf variants
+# stay in the CSVs.
+ES_VARIANTS_SHOWN = {"ES-FID-raw"}
+ES_ORDER = ["ES-FID", "ES-FID-raw", "ES-KID", "ES-IS"]
 
 
 def save(fig: plt.Figure, out: str | Path, formats: list[str]) -> list[Path]:
@@ -88,13 +94,17 @@ def _read_logs(paths: list[str], required: list[str]) -> pd.DataFrame:
 
 
 def groups(frame: pd.DataFrame) -> plt.Figure:
-    data = frame[frame["metric"].isin(["FID", "IS"]) & (frame["group"] != "all")]
+    data = frame[frame["metric"].isin(GROUP_METRICS) & (frame["group"] != "all")]
     if data.empty:
         raise FairDiffError("metric CSVs: no group-wise FID/IS rows")
     data = data.assign(panel=[M.label(m, extractor=e) for m, e in zip(data["metric"],
                                                                         data["extractor"])])
+    rank = M.first_seen(GROUP_METRICS, first=None)
+    panels = list(dict.fromkeys(data.sort_values("metric", key=lambda m: m.map(rank),
+                                                 kind="stable")["panel"]))
     grid = sns.catplot(data=data, kind="bar", x="group", y="value", hue="method",
-                       hue_order=_method_order(data["method"]), row="panel", col="attribute",
+                       hue_order=_method_order(data["method"]), row="panel", row_order=panels,
+                       col="attribute",
                        errorbar="sd", capsize=0.1, sharex="col", sharey="row", height=2.6,
                        aspect=1.1)
     grid.set_titles("{row_name} | {col_name}")
@@ -103,12 +113,16 @@ def groups(frame: pd.DataFrame) -> plt.Figure:
 
 
 def es(frame: pd.DataFrame) -> plt.Figure:
-    data = frame[frame["metric"].str.startswith("ES-") & (frame["group"] == "all")]
+    variant = frame["metric"].str.endswith(("-raw", "-inf"))
+    data = frame[frame["metric"].str.startswith("ES-") & (frame["group"] == "all")
+                 & (~variant | frame["metric"].isin(ES_VARIANTS_SHOWN))]
     if data.empty:
         raise FairDiffError("metric CSVs: no ES-* rows")
     data = data.assign(panel=[M.label(m, extractor=e) + (f" {t}" if t else "")
                               for m, e, t in zip(data["metric"], data["extractor"], data["task"])])
-    panels = list(dict.fromkeys(data["panel"]))
+    rank = M.first_seen([*ES_ORDER, *data["metric"]], first=None)
+    panels = list(dict.fromkeys(data.sort_values("metric", key=lambda m: m.map(rank),
+                                                 kind="stable")["panel"]))
     grid = sns.catplot(data=data, kind="bar", x="attribute", y="value", hue="method",
                        hue_order=_method_order(data["method"]), col="panel", col_order=panels,
                        col_wrap=min(3, len(panels)), errorbar="sd", capsize=0.1, sharex=False,

@@ -5,8 +5,10 @@ Kinds (rows are the arms; cells are mean ± std over seeds; bold, or ' *' in the
 best arm of a column, by the metric's direction; a reference row measured on real images is
 shown but never competes):
 
-  quality   FID, IS, KID overall and ES-FID, ES-IS, ES-KID per attribute
-  groups    FID and IS of every demographic group
+  quality   FID, IS, KID, FID-inf and MiFID overall and ES-FID, ES-IS, ES-KID per attribute:
+            the size-matched values, with FID-raw and ES-FID-raw (each group at its own size)
+            beside them
+  groups    FID, FID-raw, FID-inf and IS of every demographic group
   semantic  AUC and ES-AUC per clinical task: classifiers trained on each arm's images (and on
             real images, the reference), tested on the real test split
   measured  SynthFundus: accuracy of the labels measured on generated images, by group, with the
@@ -31,8 +33,16 @@ from .render import Table, mean_std, p_value
 
 log = logging.getLogger(__name__)
 
-QUALITY = ["FID", "IS", "KID", "ES-FID", "ES-IS", "ES-KID"]
-GROUPS = ["FID", "IS"]
+QUALITY_OVERALL = ["FID", "FID-raw", "FID-inf", "IS", "KID", "MiFID"]
+QUALITY_ES = ["ES-FID", "ES-FID-raw", "ES-IS", "ES-KID"]
+GROUPS = ["FID", "FID-raw", "FID-inf", "IS"]
+# What the quality metric names mean, for the notes of the tables that show them.
+MATCHED_NOTE = ("FID, IS, KID and ES-* are size-matched: every group and the overall set "
+                "compared at the same number of images (the smallest group's, or "
+                "evaluate.matched_n), mean over random draws; -raw = each at its own size (the "
+                "authors' protocol; small groups score worse for being small); FID-inf = FID "
+                "extrapolated to infinitely many images (Chong & Forsyth 2020); MiFID = "
+                "memorization-informed FID of all images, against the training images")
 SEMANTIC = ["AUC", "ES-AUC"]
 REFERENCE_NAMES = {"semantic": "real (reference)", "measured": "real images (ceiling)"}
 
@@ -135,12 +145,13 @@ def build(frame: pd.DataFrame, rows: list[str], metric_order: list[str], title: 
 
 
 def quality(frame: pd.DataFrame) -> Table:
-    overall = frame["metric"].isin(QUALITY[:3]) & (frame["attribute"] == "all")
-    es = frame["metric"].isin(QUALITY[3:]) & (frame["attribute"] != "all")
+    overall = frame["metric"].isin(QUALITY_OVERALL) & (frame["attribute"] == "all")
+    es = frame["metric"].isin(QUALITY_ES) & (frame["attribute"] != "all")
     chosen = _select(frame, (overall | es) & (frame["group"] == "all"), "FID/IS/KID/ES-*")
-    return build(chosen, ["method"], QUALITY, f"Generation quality on {_dataset(frame)}",
+    return build(chosen, ["method"], QUALITY_OVERALL + QUALITY_ES,
+                 f"Generation quality on {_dataset(frame)}",
                  "FID, IS, KID of each arm's images of the test prompts against the real test "
-                 "images; ES-* per attribute (equity-scaled)")
+                 f"images; ES-* per attribute (equity-scaled); {MATCHED_NOTE}")
 
 
 def groups(frame: pd.DataFrame) -> Table:
@@ -148,7 +159,7 @@ def groups(frame: pd.DataFrame) -> Table:
                      "group-wise FID/IS")
     return build(chosen, ["method"], GROUPS, f"Group-wise FID and IS on {_dataset(frame)}",
                  "FID and IS of the generated images of each demographic group against the real "
-                 "test images of that group")
+                 f"test images of that group; {MATCHED_NOTE}")
 
 
 def semantic(frame: pd.DataFrame) -> Table:
@@ -217,7 +228,8 @@ def paired(frame: pd.DataFrame, baseline: str) -> Table:
             "of the paired differences); effect says whether Δ goes the better or the worse way "
             "for that metric (↓/↑); p from a two-sided paired t-test over seeds (n/a with fewer "
             "than 2 seeds or no spread of the differences) and from an exact two-sided sign "
-            "test; every comparison is listed, including those where the arm is worse.")
+            "test; every comparison is listed, including those where the arm is worse"
+            + (f"; {MATCHED_NOTE}" if text["metric"].str.contains("-raw").any() else "") + ".")
     return Table(title=f"Arms vs {baseline} on {_dataset(frame)}", note=note, text=text,
                  best=best, labels=labels)
 
