@@ -1,4 +1,5 @@
-# Shared helpers: config validation, output paths and the parameters handed to the CLI.
+# Shared helpers: config validation, the results layout (paths.smk) and the parameters handed
+# to the CLI.
 import json
 import os
 import shlex
@@ -12,7 +13,10 @@ try:
 except FairDiffError as err:
     raise WorkflowError(str(err)) from None
 
-RESULTS = config["results"]
+
+include: "paths.smk"
+
+
 DATASETS = list(config["datasets"])
 METHODS = config["methods"]
 SEEDS = config["seeds"]
@@ -40,14 +44,14 @@ def as_arg(value):
 
 def base_model(wildcards):
     """The frozen stack (VAE, text encoder, tokenizer) and initial UNet of a dataset's runs."""
-    return config["model"]["pretrained"] or f"{RESULTS}/models/{wildcards.dataset}/base"
+    return config["model"]["pretrained"] or BASE_MODEL.format(dataset=wildcards.dataset)
 
 
 def base_model_input(wildcards):
     """Rule input for the base stack: the built tiny stack, or nothing for a pretrained id."""
     if config["model"]["pretrained"]:
         return []
-    return f"{RESULTS}/models/{wildcards.dataset}/base"
+    return BASE_MODEL.format(dataset=wildcards.dataset)
 
 
 def all_targets():
@@ -62,4 +66,4 @@ def source_input(wildcards):
         return cfg["options"].get("csv") or []
     if cfg["source"] == "synthetic" or cfg.get("path"):
         return []
-    return f"resources/{wildcards.dataset}/download.done"
+    return DOWNLOAD_DONE.format(dataset=wildcards.dataset)

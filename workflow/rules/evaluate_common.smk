@@ -3,30 +3,29 @@
 EXTRACTOR = config["evaluate"]["extractor"]
 
 
-def manifest_path(wildcards):
-    return f"{RESULTS}/data/{wildcards.dataset}/manifest.csv"
-
-
 def samples_dir(wildcards, split, method=None, seed=None):
     method = method or wildcards.method
     seed = wildcards.seed if seed is None else seed
-    return f"{RESULTS}/samples/{wildcards.dataset}/{method}/seed{seed}/{split}"
+    return SAMPLES.format(
+        dataset=wildcards.dataset, method=method, seed=seed, split=split
+    )
 
 
 def feature_file(dataset, imageset):
-    return f"{RESULTS}/features/{dataset}/{EXTRACTOR}/{imageset}.safetensors"
+    return FEATURES.format(dataset=dataset, extractor=EXTRACTOR, imageset=imageset)
 
 
 def extractor_input(wildcards):
     """The domain extractor folder, or the Inception weights file (the CLI names a missing one)."""
     if wildcards.extractor == "domain":
-        return f"{RESULTS}/models/{wildcards.dataset}/extractor"
+        return EXTRACTOR_MODEL.format(dataset=wildcards.dataset)
     return config["evaluate"]["inception_weights"] or []
 
 
 def imageset_table(wildcards):
-    """What an image set's features are extracted from: the manifest, or a run's samples."""
+    """What an image set's features are extracted from: the manifest, or a run's samples
+    (image set {method}-seed{seed}-test)."""
     if wildcards.imageset == "real-test":
-        return manifest_path(wildcards)
+        return MANIFEST.format(dataset=wildcards.dataset)
     method, seed = wildcards.imageset.removesuffix("-test").rsplit("-seed", 1)
     return samples_dir(wildcards, "test", method, seed)
