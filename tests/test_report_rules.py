@@ -51,7 +51,7 @@ def workflow(tmp_path_factory):
                          "cup_disc": ["normal", "borderline", "abnormal"]}
     config.update(methods=["baseline", "fairdiffusion"], seeds=[0, 1])
     config["report"]["figure_formats"] = ["png", "pdf"]
-    config["fair_bayes"]["time_window"] = 10
+    config.setdefault("fair_bayes", {})["time_window"] = 10
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     (work / "Snakefile").write_text(
         'configfile: "config.yaml"\n\n\n'
