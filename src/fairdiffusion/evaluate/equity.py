@@ -19,8 +19,21 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+# The one table of metric directions: equity scaling reads it, and so do the report's arrows
+# and best-arm marks (direction()). Every "<metric>-gap" (max - min over groups) is lower is
+# better, and ES-M has M's direction.
 HIGHER_IS_BETTER = {"AUC": True, "IS": True, "precision": True, "recall": True, "F-score": True,
-                    "accuracy": True, "FID": False, "KID": False}
+                    "accuracy": True, "FID": False, "KID": False, "DPD": False, "EOD": False}
+
+
+def direction(metric: str) -> str | None:
+    """'lower', 'higher', or None for a metric of unknown direction (no arrow, no best)."""
+    base = metric.removeprefix("ES-")
+    if base.endswith("-gap"):
+        return "lower"
+    if base in HIGHER_IS_BETTER:
+        return "higher" if HIGHER_IS_BETTER[base] else "lower"
+    return None
 
 
 def equity_scaled(overall: float, group_values: Iterable[float], alpha: float = 1.0,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io, runtime
+from .. import io, models, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import extractor as extractor_mod
@@ -80,5 +80,6 @@ def run(args: argparse.Namespace) -> None:
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,
                                                    args.extractor_dir, cuda)
     log.info("extracting %s features of %d images (%s)", tag, len(rows), rows.attrs["source"])
-    features = extract(images.load_images(rows), fe, args.batch_size, cuda)
+    pixels = models.read_images(rows.attrs["source"], rows)
+    features = extract(pixels, fe, args.batch_size, cuda)
     save(args.out, features, rows["id"].tolist(), tag, layers)

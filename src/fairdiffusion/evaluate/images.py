@@ -1,4 +1,8 @@
-"""Image sets (a manifest split or a samples folder's prompts.csv) and their demographic groups."""
+"""Image sets (a manifest split or a samples folder's prompts.csv) and their demographic groups.
+
+The images of an image set are read by `models.read_images(rows.attrs["source"], rows)`, the
+package's one loader (RGB only, like the training stages).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import FairDiffError
@@ -42,26 +45,8 @@ def read_table(path: str | Path, split: str | None, attributes: dict, labels: di
     if frame.empty:
         raise FairDiffError(f"{path}: no images" + (f" in split '{split}'" if split else ""))
     frame = frame.reset_index(drop=True)
-    frame.attrs["root"] = str(path.parent)
     frame.attrs["source"] = str(path)
     return frame
-
-
-def load_images(frame: pd.DataFrame) -> np.ndarray:
-    """The table's images as uint8 [N, H, W, 3] (all images must share one size)."""
-    root = Path(frame.attrs["root"])
-    arrays = []
-    for image in frame["image"]:
-        path = Path(image) if Path(image).is_absolute() else root / image
-        try:
-            with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except OSError as err:
-            raise FairDiffError(f"{path}: cannot read image ({err})") from err
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise FairDiffError(f"{frame.attrs['source']}: images of different sizes {sorted(shapes)[:3]}")
-    return np.stack(arrays)
 
 
 class UInt8Images(Dataset):

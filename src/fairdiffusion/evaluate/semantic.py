@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .. import io, runtime
+from .. import io, models, runtime
 from ..errors import FairDiffError
 from ..cli import json_arg
 from . import cnn, equity, images, stats, tidy
@@ -158,9 +158,11 @@ def run(args: argparse.Namespace) -> None:
     test_rows = images.read_table(args.manifest, "test", attributes, labels)
     log.info("training the classifier on %d images of %s", len(train_rows), train_rows.attrs["source"])
     model = cnn.build({k: len(v) for k, v in labels.items()}, settings, args.seed)
-    cnn.train(model, images.load_images(train_rows), cnn.encode_targets(train_rows, labels),
-              settings, size, args.seed)
-    _, probs = cnn.predict(model, images.load_images(test_rows), size)
+    train_images = models.read_images(train_rows.attrs["source"], train_rows)
+    cnn.train(model, train_images, cnn.encode_targets(train_rows, labels), settings, size,
+              args.seed)
+    test_images = models.read_images(test_rows.attrs["source"], test_rows)
+    _, probs = cnn.predict(model, test_images, size)
     context = {"dataset": args.name, "method": args.method, "seed": args.seed,
                "extractor": settings.get("backbone", "small")}
     rows = evaluate(test_rows, probs, labels, attributes, args.evaluate["alpha"],

@@ -6,11 +6,14 @@ import math
 
 import pandas as pd
 
-# Contract columns, then: std (spread of the estimator where the metric has one: KID and IS
-# over subsets/splits), lower/upper (bootstrap 95% CI over test images, where computed), n
-# (images the value is computed on).
-COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
-           "value", "std", "lower", "upper", "n"]
+# The contract: the columns every tidy metric CSV has, and all a reader may rely on
+# (report.metrics reads these).
+CONTRACT = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
+            "value"]
+# Written after them: std (spread of the estimator where the metric has one: KID and IS over
+# subsets/splits), lower/upper (bootstrap 95% CI over test images, where computed), n (images
+# the value is computed on).
+COLUMNS = CONTRACT + ["std", "lower", "upper", "n"]
 
 
 def row(context: dict, metric: str, value: float, attribute: str = "all", group: str = "all",

@@ -8,28 +8,14 @@ from typing import Iterable
 import pandas as pd
 
 from ..errors import FairDiffError
+from ..evaluate.equity import direction
+from ..evaluate.tidy import CONTRACT
 
-# Columns every tidy metric CSV has (lower/upper/n are optional).
-COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
-           "value"]
+# The tidy contract (evaluate.tidy) and the metric directions (evaluate.equity) are owned by the
+# modules that write the metrics; the report reads them from there.
+COLUMNS = CONTRACT
 KEYS = ["metric", "task", "attribute", "group", "extractor"]
 REFERENCE = "real"  # the method name of rows measured on (or trained on) real images
-
-# Lower is better for these and for every "<metric>-gap" (max - min over groups); the others
-# listed are higher-is-better. ES-M has M's direction (equity.py scales a lower-is-better
-# metric up with the disparity).
-LOWER_BETTER = {"FID", "KID", "DPD", "EOD"}
-HIGHER_BETTER = {"IS", "precision", "recall", "F-score", "AUC", "accuracy"}
-
-
-def direction(metric: str) -> str | None:
-    """'lower', 'higher', or None for a metric this module does not know (no arrow, no best)."""
-    base = metric[3:] if metric.startswith("ES-") else metric
-    if base in LOWER_BETTER or base.endswith("-gap"):
-        return "lower"
-    if base in HIGHER_BETTER:
-        return "higher"
-    return None
 
 
 def arrow(metric: str) -> str:
