@@ -20,6 +20,8 @@ include: "paths.smk"
 DATASETS = list(config["datasets"])
 METHODS = config["methods"]
 SEEDS = config["seeds"]
+# Every trained run as (method, seed), in the order the report lists their files.
+RUNS = [(method, seed) for method in METHODS for seed in SEEDS]
 SPLITS = ["train", "val", "test"]
 
 

@@ -64,7 +64,7 @@ rule extract_features:
 
 rule quality:
     input:
-        generated=lambda wc: feature_file(wc.dataset, f"{wc.method}-seed{wc.seed}-test"),
+        generated=lambda wc: feature_file(wc.dataset, run_imageset(wc.method, wc.seed)),
         samples=lambda wc: samples_dir(wc, "test"),
         real=lambda wc: feature_file(wc.dataset, "real-test"),
         manifest=MANIFEST,

@@ -22,10 +22,18 @@ def extractor_input(wildcards):
     return config["evaluate"]["inception_weights"] or []
 
 
+def run_imageset(method, seed):
+    """The image set of a run's samples of the test prompts."""
+    return f"{method}-seed{seed}-test"
+
+
+# The run of each run image set (looked up, not parsed from the name).
+IMAGESET_RUNS = {run_imageset(method, seed): (method, seed) for method, seed in RUNS}
+
+
 def imageset_table(wildcards):
-    """What an image set's features are extracted from: the manifest, or a run's samples
-    (image set {method}-seed{seed}-test)."""
+    """What an image set's features are extracted from: the manifest, or a run's samples."""
     if wildcards.imageset == "real-test":
         return MANIFEST.format(dataset=wildcards.dataset)
-    method, seed = wildcards.imageset.removesuffix("-test").rsplit("-seed", 1)
+    method, seed = IMAGESET_RUNS[wildcards.imageset]
     return samples_dir(wildcards, "test", method, seed)

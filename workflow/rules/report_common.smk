@@ -4,8 +4,6 @@
 TABLE_EXTS = ["csv", "md", "tex"]
 FIGURE_FORMATS = config["report"]["figure_formats"]
 FIGURE_EXTRA = [fmt for fmt in FIGURE_FORMATS if fmt != "png"]
-# Every trained run as (method, seed), in the order of run_files() and metric_files().
-RUNS = [(method, seed) for method in METHODS for seed in SEEDS]
 
 
 def has_measured(dataset):
