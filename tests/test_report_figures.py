@@ -64,6 +64,17 @@ def test_trajectory_and_loss_figures(results, tmp_path):
     assert_png(tmp_path / "loss.png")
 
 
+def test_run_of_a_log_comes_from_the_command_line(results, tmp_path):
+    """A log's arm and seed are what --methods/--seeds say, wherever the file lies."""
+    moved = tmp_path / "anywhere.csv"
+    moved.write_bytes((results / "models/synthfundus/fairdiffusion/seed1/train_log.csv")
+                      .read_bytes())
+    frame = figures._read_logs([str(moved)], ["renamed"], [7], ["step", "loss"])
+    assert set(zip(frame["method"], frame["seed"])) == {("renamed", 7)}
+    assert main(["figure", "loss", "--logs", str(moved), "--methods", "renamed", "--seeds", "7",
+                 "--out", str(tmp_path / "loss")]) == 0
+
+
 def test_sample_grid_uses_the_same_prompts(results, tmp_path):
     methods = ["baseline", "fairdiffusion"]
     samples = [str(results / f"samples/synthfundus/{m}/seed0/test") for m in methods]
