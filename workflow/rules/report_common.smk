@@ -63,7 +63,8 @@ def samples_options(wildcards):
 
 
 # The table and figure kinds: kind -> (its inputs for a dataset, named after the options of
-# `fairdiff table/figure KIND`, or None where the dataset has no such table; its other options).
+# `fairdiff table/figure KIND`, or None where the dataset has no such table; its other options:
+# a string for a table, a function of the wildcards for a figure).
 # Adding a kind: an entry here, the kind in fairdiffusion.report.tables/figures and its
 # paragraph in ../report/table.rst or figure.rst.
 TABLES = {
