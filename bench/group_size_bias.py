@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from fairdiffusion import config as config_mod
-from fairdiffusion import io, runtime
+from fairdiffusion import io, models, runtime
 from fairdiffusion.evaluate import extractor, features, images, quality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def feature_set(rows: pd.DataFrame, name: str, folder: Path | None, extractor_di
             return feats, layers
     start = time.perf_counter()
     fe, _, layers = extractor.open_extractor("domain", {}, extractor_dir, cuda=False)
-    array = images.load_images(rows)
+    array = models.read_images(rows.attrs["source"], rows)
     if image_format == "jpeg":
         array = images.jpeg_round_trip(array)
     feats = features.extract(array, fe)

@@ -34,6 +34,7 @@ TARGET = 4.0
 
 def main():
     from fairdiffusion import io, models, sample
+    from fairdiffusion.config import validate
     from fairdiffusion.data import synthetic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +47,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     settings = config["sample"]
     dataset = next(iter(config["datasets"].values()))
     resolution, batch = int(dataset["resolution"]), int(settings["batch_size"])

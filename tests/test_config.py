@@ -25,7 +25,7 @@ def test_shipped_configs_validate_and_get_defaults(root):
     for path in [root / "config.yaml", *sorted((root / "configs").glob("*.yaml"))]:
         raw = yaml.safe_load(path.read_text())
         if path.name not in OVERLAYS:
-            cfg = config.load(path)
+            cfg = config.validate(raw)
         else:
             # Merged as Snakemake merges config files (nested keys one by one).
             from snakemake.utils import update_config
@@ -53,7 +53,7 @@ def test_defaults_fill_missing_sections(root):
         (lambda c: c["train"].update(max_steps="many"), "train.max_steps"),
         (lambda c: c.update(seed=[1]), "seed"),
         (lambda c: c["datasets"]["synthfundus"].update(source="foo"), "datasets.synthfundus.source"),
-        (lambda c: c["fair_bayes"].update(exploitation_rate=1.5), "fair_bayes.exploitation_rate"),
+        (lambda c: c.setdefault("fair_bayes", {}).update(exploitation_rate=1.5), "fair_bayes.exploitation_rate"),
         (lambda c: c.update(methods=["baseline", "fairdifusion"]), "methods.1"),
     ],
 )
@@ -109,6 +109,23 @@ def test_snakemake_reports_misspelt_key(root, tmp_path):
     )
     assert run.returncode != 0
     assert "config key 'max_stpes' under 'train' is not a known setting" in run.stdout + run.stderr
+
+
+def test_every_setting_with_a_default_is_described():
+    """The schema is where a default lives, so it also says what the setting means."""
+    undescribed = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "default" in node and "description" not in node:
+                undescribed.append(path)
+            for key, value in node.get("properties", {}).items():
+                walk(value, f"{path}.{key}" if path else key)
+            for key, value in node.get("$defs", {}).items():
+                walk(value, f"$defs.{key}")
+
+    walk(yaml.safe_load(config.SCHEMA.read_text()), "")
+    assert undescribed == []
 
 
 def test_schema_defaults_are_the_embedded_default(root):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fairdiffusion import models
 from fairdiffusion.cli import main
 from fairdiffusion.data import synthetic
 from fairdiffusion.errors import FairDiffError
@@ -63,7 +64,25 @@ def rows_and_images(env, which):
         rows = images.read_table(env["manifest"], "test", ATTRIBUTES, LABELS)
     else:
         rows = images.read_table(env["samples"], None, ATTRIBUTES, LABELS)
-    return rows, images.load_images(rows)
+    return rows, models.read_images(rows.attrs["source"], rows)
+
+
+def test_non_rgb_sample_is_refused_not_converted(env, tmp_path, capsys):
+    """Evaluation reads images with the training stages' loader: a grey image in a samples
+    folder is an error naming it, as in a manifest, not silently converted to RGB."""
+    import shutil
+
+    from PIL import Image
+
+    samples = tmp_path / "samples"
+    shutil.copytree(env["samples"], samples)
+    Image.open(samples / "0001.png").convert("L").save(samples / "0001.png")
+    out = tmp_path / "gen.safetensors"
+    assert main(["features", "--table", str(samples), "--dataset", env["ds"], "--evaluate",
+                 env["ev"], "--extractor-dir", str(env["root"] / "ext"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0001.png: image is L 32x32, expected RGB" in err and "\n" not in err
+    assert not out.exists()
 
 
 def test_extractor_and_classifier_are_identical_in_a_new_process(env, tmp_path):

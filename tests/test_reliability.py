@@ -306,7 +306,7 @@ def test_corrupt_generated_image_is_refused_by_features(stack, tmp_path, capsys,
                            json.dumps(stack.ds), "--evaluate", json.dumps(stack.evaluate),
                            "--extractor-dir", stack.root / "extractor", "--out", out,
                            "--threads", 1)
-    assert_one_line_error(status, err, "features", "000001.png", "cannot read image")
+    assert_one_line_error(status, err, "features", "000001.png", "cannot read the image")
     assert not out.exists()
 
 

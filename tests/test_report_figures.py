@@ -1,5 +1,6 @@
 """`fairdiff figure`: every figure is written (non-empty PNG, PDF when asked) from small inputs
-laid out as the pipeline lays them out; bad inputs give a one-line error."""
+laid out as the pipeline lays them out, each file's run given on the command line; bad inputs
+give a one-line error."""
 
 import glob
 import json
@@ -18,6 +19,16 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     pipeline_outputs(root)
     return root
+
+
+RUNS = [("baseline", 0), ("baseline", 1), ("fairdiffusion", 0), ("fairdiffusion", 1)]
+
+
+def run_args(results, name):
+    """--logs of every run's `name` file, with the --methods and --seeds naming each."""
+    logs = [str(results / f"models/synthfundus/{m}/seed{s}/{name}") for m, s in RUNS]
+    return ["--logs", *logs, "--methods", *[m for m, _ in RUNS],
+            "--seeds", *[str(s) for _, s in RUNS]]
 
 
 def paths(results, pattern):
@@ -45,21 +56,32 @@ def test_groups_and_es_figures(results, tmp_path):
 
 
 def test_trajectory_and_loss_figures(results, tmp_path):
-    logs = paths(results, "models/synthfundus/*/seed*/bo_trajectory.csv")
-    assert main(["figure", "trajectory", "--logs", *logs, "--window", "10",
-                 "--out", str(tmp_path / "trajectory")]) == 0
+    assert main(["figure", "trajectory", *run_args(results, "bo_trajectory.csv"),
+                 "--window", "10", "--out", str(tmp_path / "trajectory")]) == 0
     assert_png(tmp_path / "trajectory.png")
-    logs = paths(results, "models/synthfundus/*/seed*/train_log.csv")
-    assert main(["figure", "loss", "--logs", *logs, "--out", str(tmp_path / "loss")]) == 0
+    assert main(["figure", "loss", *run_args(results, "train_log.csv"),
+                 "--out", str(tmp_path / "loss")]) == 0
     assert_png(tmp_path / "loss.png")
 
 
+def test_run_of_a_log_comes_from_the_command_line(results, tmp_path):
+    """A log's arm and seed are what --methods/--seeds say, wherever the file lies."""
+    moved = tmp_path / "anywhere.csv"
+    moved.write_bytes((results / "models/synthfundus/fairdiffusion/seed1/train_log.csv")
+                      .read_bytes())
+    frame = figures._read_logs([str(moved)], ["renamed"], [7], ["step", "loss"])
+    assert set(zip(frame["method"], frame["seed"])) == {("renamed", 7)}
+    assert main(["figure", "loss", "--logs", str(moved), "--methods", "renamed", "--seeds", "7",
+                 "--out", str(tmp_path / "loss")]) == 0
+
+
 def test_sample_grid_uses_the_same_prompts(results, tmp_path):
-    samples = paths(results, "samples/synthfundus/*/seed0/test")
+    methods = ["baseline", "fairdiffusion"]
+    samples = [str(results / f"samples/synthfundus/{m}/seed0/test") for m in methods]
     real = pd.read_csv(results / "data/synthfundus/manifest.csv")
     real = real[real["split"] == "test"]
-    runs = {p.split("/")[-3]: figures.sample_rows(pd.read_csv(f"{p}/prompts.csv"))
-            for p in samples}
+    runs = {m: figures.sample_rows(pd.read_csv(f"{p}/prompts.csv"))
+            for m, p in zip(methods, samples)}
     picked = figures.pick_prompts(real, runs, "race", ATTRIBUTES["race"], 2)
     assert [g for g, _ in picked] == ["Asian", "Asian", "Black", "Black", "White", "White"]
     for group, row in picked:  # the first test rows of each group, in manifest order
@@ -70,7 +92,8 @@ def test_sample_grid_uses_the_same_prompts(results, tmp_path):
         != picked[0][1]["id"]
 
     assert main(["figure", "samples", "--manifest", str(results / "data/synthfundus/manifest.csv"),
-                 "--samples", *samples, "--attributes", json.dumps(ATTRIBUTES),
+                 "--samples", *samples, "--methods", *methods,
+                 "--attributes", json.dumps(ATTRIBUTES),
                  "--attribute", "race", "--per-group", "2",
                  "--out", str(tmp_path / "samples")]) == 0
     assert_png(tmp_path / "samples.png")
@@ -81,9 +104,13 @@ def test_bad_inputs(results, tmp_path, capsys):
     bad.parent.mkdir()
     pd.DataFrame({"step": [0], "loss": [1.0]}).to_csv(bad, index=False)
     assert main(["figure", "loss", "--logs", str(bad), "--out", str(tmp_path / "x")]) == 2
-    assert "seed{seed}" in capsys.readouterr().err
+    assert "missing --methods --seeds" in capsys.readouterr().err
+    assert main(["figure", "loss", "--logs", str(bad), "--methods", "baseline", "fairdiffusion",
+                 "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--methods has 2 value(s) for 1 file(s)" in capsys.readouterr().err
     assert main(["figure", "samples", "--manifest", str(results / "data/synthfundus/manifest.csv"),
                  "--samples", *paths(results, "samples/synthfundus/*/seed0/test"),
+                 "--methods", "baseline", "fairdiffusion",
                  "--attributes", json.dumps(ATTRIBUTES), "--attribute", "age",
                  "--out", str(tmp_path / "y")]) == 2
     assert "--attribute age" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""workflow/rules/report.smk: captions exist, named targets resolve to only what they need, and
-(slow) the rules plus `snakemake --report` run on a tiny stand-in for a finished pipeline."""
+"""workflow/rules/report.smk: the two rule families (table, figure) have their captions, named
+targets resolve to only what they need, and (slow) the rules plus `snakemake --report` run on a
+tiny stand-in for a finished pipeline."""
 
 import os
 import re
@@ -22,12 +23,16 @@ FIGURES = ["groups", "es", "trajectory", "loss", "samples"]
 def test_every_report_output_has_a_caption_file():
     text = (RULES / "report.smk").read_text()
     reports = re.findall(r"report\((.*?)\n        \)", text, flags=re.S)
-    assert len(reports) == len(TABLES) + len(FIGURES)
+    assert len(reports) == 2  # one per family
     for body in reports:
         caption = re.search(r'caption="([^"]+)"', body)
         assert caption, body
         assert (RULES / caption.group(1)).is_file(), caption.group(1)
         assert 'category="' in body
+    # each family's caption has a paragraph for every kind of that family
+    for family, kinds in (("table", TABLES), ("figure", FIGURES)):
+        caption = (ROOT / "workflow" / "report" / f"{family}.rst").read_text()
+        assert re.findall(r'kind == "(\w+)"', caption) == kinds
     snakefile = (ROOT / "Snakefile").read_text()
     workflow_caption = re.search(r'^report: "([^"]+)"', snakefile, flags=re.M)
     assert workflow_caption and (ROOT / workflow_caption.group(1)).is_file()
@@ -46,7 +51,7 @@ def workflow(tmp_path_factory):
                          "cup_disc": ["normal", "borderline", "abnormal"]}
     config.update(methods=["baseline", "fairdiffusion"], seeds=[0, 1])
     config["report"]["figure_formats"] = ["png", "pdf"]
-    config["fair_bayes"]["time_window"] = 10
+    config.setdefault("fair_bayes", {})["time_window"] = 10
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     (work / "Snakefile").write_text(
         'configfile: "config.yaml"\n\n\n'
@@ -85,13 +90,11 @@ def test_named_targets(workflow):
     assert "tables" in listed and "figures" in listed
     # one table needs only its own rule (the metrics already exist: nothing is retrained)
     assert planned(snakemake(workflow, "-n", "table_quality_synthfundus")) == {
-        "table_quality": 1, "table_quality_synthfundus": 1}
+        "table": 1, "table_quality_synthfundus": 1}
     by_path = planned(snakemake(workflow, "-n", "results/figures/loss_synthfundus.pdf"))
-    assert by_path == {"figure_loss": 1}
+    assert by_path == {"figure": 1}
     everything = planned(snakemake(workflow, "-n"))
-    assert {rule: everything.get(rule) for rule in
-            [f"table_{k}" for k in TABLES] + [f"figure_{k}" for k in FIGURES]} == \
-        {rule: 1 for rule in [f"table_{k}" for k in TABLES] + [f"figure_{k}" for k in FIGURES]}
+    assert (everything["table"], everything["figure"]) == (len(TABLES), len(FIGURES))
 
 
 @pytest.mark.slow
@@ -108,8 +111,10 @@ def test_rules_and_html_report(workflow):
     assert planned(snakemake(workflow, "-n", "table_quality_synthfundus")) == {}
     # (targets before --forcerun, which takes every rule name after it)
     assert planned(snakemake(workflow, "-n", "table_quality_synthfundus",
-                             "--forcerun", "table_quality")) == {
-        "table_quality": 1, "table_quality_synthfundus": 1}
+                             "--forcerun", "table")) == {
+        "table": 1, "table_quality_synthfundus": 1}
     snakemake(workflow, "--report", "report.html")
     html = (workflow / "report.html").read_text()
     assert "Generation quality" in html and "seeds 0, 1" in html
+    # each output's caption is its own kind's paragraph
+    assert "Arms against the baseline" in html and "Training loss" in html

@@ -32,7 +32,7 @@ def dataset_cfg(root, resolution=32, **synthetic_settings):
     cfg = copy.deepcopy(yaml.safe_load((root / "config.yaml").read_text())
                         ["datasets"]["synthfundus"])
     cfg["resolution"] = resolution
-    cfg["synthetic"].update({"n_train": 40, "n_val": 10, "n_test": 10, **synthetic_settings})
+    cfg.setdefault("synthetic", {}).update({"n_train": 40, "n_val": 10, "n_test": 10, **synthetic_settings})
     return cfg
 
 

@@ -92,17 +92,3 @@ def section_defaults(values: dict | None, *keys: str, schema_path: str | Path = 
         raise FairDiffError(_message(error))
     return section
 
-
-def load(path: str | Path) -> dict:
-    """Read and validate a config file."""
-    path = Path(path)
-    if not path.exists():
-        raise FairDiffError(f"{path}: config file not found")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise FairDiffError(f"{path}: not valid YAML ({err})") from err
-    try:
-        return validate(config)
-    except FairDiffError as err:
-        raise FairDiffError(f"{path}: {err}") from err

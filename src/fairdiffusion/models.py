@@ -59,32 +59,46 @@ def load(base: str, component: str):
                             ) from None
 
 
-def read_images(manifest_path: str | Path, frame, resolution: int | None = None) -> np.ndarray:
-    """The images of manifest rows as uint8 [N, H, W, 3]: RGB (and resolution x resolution when
-    given), as the manifest contract says; a corrupt or other file is an error naming it."""
+def read_images(table: str | Path, frame, resolution: int | None = None,
+                resize: int | None = None) -> np.ndarray:
+    """The images of a table's rows as uint8 [N, H, W, 3]; the package's one image loader.
+
+    `table` is the CSV the rows come from (a manifest, or a samples folder's prompts.csv), whose
+    folder the `image` paths are relative to. Every image must be RGB (and resolution x
+    resolution when given), as the manifest contract says and as `fairdiff sample` writes them:
+    another mode (grey, RGBA, palette) is refused, never converted, since it means the files
+    were not written by this pipeline and a silent conversion would change what is measured.
+    A missing, corrupt or non-image file is an error naming it. `resize`: resized (bilinear,
+    antialiased) to resize x resize after the checks, as the classifiers read them (10000
+    training images at 512 px would be 7.9 GB).
+    """
     from PIL import Image
 
     images = []
     for name in frame["image"]:
-        path = manifest.image_path(manifest_path, name)
+        path = manifest.image_path(table, name)
         if not path.exists():
-            raise FairDiffError(f"{path}: image listed in {manifest_path} not found")
+            raise FairDiffError(f"{path}: image listed in {table} not found")
         try:
             with Image.open(path) as image:
                 image.load()
                 mode, size = image.mode, image.size
                 array = np.asarray(image)
         except OSError as err:
-            raise FairDiffError(f"{path}: cannot read the image ({err}); rebuild the dataset "
-                                f"(fairdiff data)") from err
+            raise FairDiffError(f"{path}: cannot read the image ({err}); rebuild it (fairdiff "
+                                f"data for a dataset, fairdiff sample for samples)") from err
         if mode != "RGB" or (resolution is not None and size != (resolution, resolution)):
             expected = f"{resolution}x{resolution} " if resolution is not None else ""
             raise FairDiffError(f"{path}: image is {mode} {size[0]}x{size[1]}, expected {expected}"
-                                f"RGB (the manifest contract); rebuild the dataset (fairdiff data)")
+                                f"RGB (the manifest contract); rebuild it (fairdiff data for a "
+                                f"dataset, fairdiff sample for samples)")
+        if resize is not None and size != (resize, resize):
+            array = np.asarray(Image.fromarray(array).resize((resize, resize),
+                                                             Image.Resampling.BILINEAR))
         images.append(array)
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
-        raise FairDiffError(f"{manifest_path}: images have different sizes {sorted(sizes)[:3]}; "
+        raise FairDiffError(f"{table}: images have different sizes {sorted(sizes)[:3]}; "
                             f"expected one resolution")
     return np.stack(images)
 

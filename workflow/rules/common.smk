@@ -1,4 +1,5 @@
-# Shared helpers: config validation, output paths and the parameters handed to the CLI.
+# Shared helpers: config validation, the results layout (paths.smk) and the parameters handed
+# to the CLI.
 import json
 import os
 import re
@@ -13,10 +14,15 @@ try:
 except FairDiffError as err:
     raise WorkflowError(str(err)) from None
 
-RESULTS = config["results"]
+
+include: "paths.smk"
+
+
 DATASETS = list(config["datasets"])
 METHODS = config["methods"]
 SEEDS = config["seeds"]
+# Every trained run as (method, seed), in the order the report lists their files.
+RUNS = [(method, seed) for method in METHODS for seed in SEEDS]
 SPLITS = ["train", "val", "test"]
 
 
@@ -59,7 +65,7 @@ def base_model(wildcards):
     """The frozen stack (VAE, text encoder, tokenizer) and initial UNet of a dataset's runs."""
     if HUB_MODEL:
         return HUB_MODEL_DIR
-    return PRETRAINED or f"{RESULTS}/models/{wildcards.dataset}/base"
+    return PRETRAINED or BASE_MODEL.format(dataset=wildcards.dataset)
 
 
 def base_model_input(wildcards):
@@ -69,7 +75,7 @@ def base_model_input(wildcards):
         return f"{HUB_MODEL_DIR}/download.done"
     if PRETRAINED:
         return []
-    return f"{RESULTS}/models/{wildcards.dataset}/base"
+    return BASE_MODEL.format(dataset=wildcards.dataset)
 
 
 def all_targets():
@@ -84,4 +90,4 @@ def source_input(wildcards):
         return cfg["options"].get("csv") or []
     if cfg["source"] == "synthetic" or cfg.get("path"):
         return []
-    return f"resources/{wildcards.dataset}/download.done"
+    return DOWNLOAD_DONE.format(dataset=wildcards.dataset)

@@ -5,11 +5,11 @@ rule prepare_data:
     input:
         source=source_input,
     output:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        manifest=MANIFEST,
     log:
-        f"logs/prepare_data/{{dataset}}.log",
+        "logs/prepare_data/{dataset}.log",
     benchmark:
-        f"benchmarks/prepare_data/{{dataset}}.tsv"
+        "benchmarks/prepare_data/{dataset}.tsv"
     conda:
         "../../envs/train.yaml"
     resources:

@@ -23,7 +23,7 @@ localrules:
 
 rule download:
     output:
-        marker=ensure("resources/{dataset}/download.done", non_empty=True),
+        marker=ensure(DOWNLOAD_DONE, non_empty=True),
     log:
         "logs/download/{dataset}.log",
     retries: 2
@@ -70,7 +70,7 @@ if HUB_MODEL:
 
 rule download_inception:
     output:
-        weights="resources/weights-inception-2015-12-05-6726825d.pth",
+        weights=INCEPTION_WEIGHTS,
     log:
         "logs/download_inception.log",
     retries: 2

@@ -1,7 +1,8 @@
 # Evaluation: features once per image set, then quality / semantic / measured metrics per run.
 # Feature sets: real-test / real-train (the manifest's test / train split; train is MiFID's
 # memorization reference) and {method}-seed{seed}-test (a run's samples of the test prompts),
-# under results/features/{dataset}/{extractor}/.
+# under FEATURES. The metrics of the real images (the reference a
+# run is compared with) come from the run rule's definition, given the manifest instead.
 
 
 include: "evaluate_common.smk"
@@ -14,9 +15,9 @@ wildcard_constraints:
 
 rule train_extractor:
     input:
-        manifest=manifest_path,
+        manifest=MANIFEST,
     output:
-        model=directory(f"{RESULTS}/models/{{dataset}}/extractor"),
+        model=directory(EXTRACTOR_MODEL),
     log:
         "logs/train_extractor/{dataset}.log",
     benchmark:
@@ -40,7 +41,7 @@ rule extract_features:
         table=imageset_table,
         extractor=extractor_input,
     output:
-        features=f"{RESULTS}/features/{{dataset}}/{{extractor}}/{{imageset}}.safetensors",
+        features=FEATURES,
     log:
         "logs/extract_features/{dataset}/{extractor}/{imageset}.log",
     benchmark:
@@ -55,7 +56,7 @@ rule extract_features:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
         split=lambda wc: real_split_arg(wc.imageset),
-        extractor_dir=lambda wc: f"{RESULTS}/models/{wc.dataset}/extractor",
+        extractor_dir=lambda wc: EXTRACTOR_MODEL.format(dataset=wc.dataset),
     shell:
         "fairdiff features --table {input.table} {params.split} --dataset {params.dataset} "
         "--evaluate {params.evaluate} --extractor-dir {params.extractor_dir} "
@@ -64,13 +65,13 @@ rule extract_features:
 
 rule quality:
     input:
-        generated=lambda wc: feature_file(wc.dataset, f"{wc.method}-seed{wc.seed}-test"),
+        generated=lambda wc: feature_file(wc.dataset, run_imageset(wc.method, wc.seed)),
         samples=lambda wc: samples_dir(wc, "test"),
         real=lambda wc: feature_file(wc.dataset, "real-test"),
         reference=lambda wc: feature_file(wc.dataset, "real-train"),
-        manifest=manifest_path,
+        manifest=MANIFEST,
     output:
-        csv=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/quality.csv",
+        csv=fill(METRICS, file="quality.csv"),
     log:
         "logs/quality/{dataset}/{method}/seed{seed}.log",
     benchmark:
@@ -87,51 +88,20 @@ rule quality:
     shell:
         "fairdiff quality --generated {input.generated} --generated-table {input.samples} "
         "--real {input.real} --reference {input.reference} --manifest {input.manifest} "
-        "--dataset {params.dataset} "
-        "--evaluate {params.evaluate} --name {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
-
-
-rule semantic_reference:
-    input:
-        manifest=manifest_path,
-        weights=classifier_weights,
-    output:
-        csv=f"{RESULTS}/metrics/{{dataset}}/real/semantic.csv",
-        predictions=f"{RESULTS}/metrics/{{dataset}}/real/semantic_predictions.csv",
-        epochs=f"{RESULTS}/metrics/{{dataset}}/real/semantic_epochs.csv",
-    log:
-        "logs/semantic_reference/{dataset}.log",
-    benchmark:
-        "benchmarks/semantic_reference/{dataset}.tsv"
-    conda:
-        "../../envs/evaluate.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=CLASSIFIER_GPU,
-    params:
-        dataset=lambda wc: as_arg(dataset_cfg(wc)),
-        evaluate=as_arg(config["evaluate"]),
-        seed=SEEDS[0],
-    shell:
-        "fairdiff semantic --train {input.manifest} --train-split train "
-        "--manifest {input.manifest} --dataset {params.dataset} --evaluate {params.evaluate} "
-        "--name {wildcards.dataset} --method real --seed {params.seed} --threads {threads} "
-        "--out {output.csv} --predictions {output.predictions} "
-        "--epochs-out {output.epochs} > {log} 2>&1"
+        "--dataset {params.dataset} --evaluate {params.evaluate} --name {wildcards.dataset} "
+        "--method {wildcards.method} --seed {wildcards.seed} --threads {threads} "
+        "--out {output.csv} > {log} 2>&1"
 
 
 rule semantic:
     input:
-        samples=lambda wc: samples_dir(wc, "train"),
-        manifest=manifest_path,
+        train=lambda wc: samples_dir(wc, "train"),
+        manifest=MANIFEST,
         weights=classifier_weights,
     output:
-        csv=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic.csv",
-        predictions=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic_predictions.csv",
-        epochs=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/semantic_epochs.csv",
+        csv=fill(METRICS, file="semantic.csv"),
+        predictions=fill(METRICS, file="semantic_predictions.csv"),
+        epochs=fill(METRICS, file="semantic_epochs.csv"),
     log:
         "logs/semantic/{dataset}/{method}/seed{seed}.log",
     benchmark:
@@ -146,47 +116,43 @@ rule semantic:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
+        train_split="",
+        method=lambda wc: wc.method,
+        seed=lambda wc: wc.seed,
     shell:
-        "fairdiff semantic --train {input.samples} --manifest {input.manifest} "
-        "--dataset {params.dataset} --evaluate {params.evaluate} --name {wildcards.dataset} "
-        "--method {wildcards.method} --seed {wildcards.seed} --threads {threads} "
-        "--out {output.csv} --predictions {output.predictions} "
+        "fairdiff semantic --train {input.train} {params.train_split} "
+        "--manifest {input.manifest} --dataset {params.dataset} --evaluate {params.evaluate} "
+        "--name {wildcards.dataset} --method {params.method} --seed {params.seed} "
+        "--threads {threads} --out {output.csv} --predictions {output.predictions} "
         "--epochs-out {output.epochs} > {log} 2>&1"
 
 
-rule measure_reference:
+# The classifier trained on the real training images: the ceiling the runs are compared with.
+use rule semantic as semantic_reference with:
     input:
-        manifest=manifest_path,
+        train=MANIFEST,
+        manifest=MANIFEST,
+        weights=classifier_weights,
     output:
-        csv=f"{RESULTS}/metrics/{{dataset}}/real/measured.csv",
-        per_image=f"{RESULTS}/metrics/{{dataset}}/real/measured_images.csv",
+        csv=fill(REFERENCE_METRICS, file="semantic.csv"),
+        predictions=fill(REFERENCE_METRICS, file="semantic_predictions.csv"),
+        epochs=fill(REFERENCE_METRICS, file="semantic_epochs.csv"),
     log:
-        "logs/measure_reference/{dataset}.log",
+        "logs/semantic_reference/{dataset}.log",
     benchmark:
-        "benchmarks/measure_reference/{dataset}.tsv"
-    conda:
-        "../../envs/evaluate.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
+        "benchmarks/semantic_reference/{dataset}.tsv"
     params:
-        dataset=lambda wc: as_arg(dataset_cfg(wc)),
-        evaluate=as_arg(config["evaluate"]),
+        train_split="--train-split train",
+        method="real",
         seed=SEEDS[0],
-    shell:
-        "fairdiff measure --table {input.manifest} --split test --dataset {params.dataset} "
-        "--evaluate {params.evaluate} --name {wildcards.dataset} --method real "
-        "--seed {params.seed} --threads {threads} --out {output.csv} "
-        "--per-image {output.per_image} > {log} 2>&1"
 
 
 rule measure:
     input:
-        samples=lambda wc: samples_dir(wc, "test"),
+        table=lambda wc: samples_dir(wc, "test"),
     output:
-        csv=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/measured.csv",
-        per_image=f"{RESULTS}/metrics/{{dataset}}/{{method}}/seed{{seed}}/measured_images.csv",
+        csv=fill(METRICS, file="measured.csv"),
+        per_image=fill(METRICS, file="measured_images.csv"),
     log:
         "logs/measure/{dataset}/{method}/seed{seed}.log",
     benchmark:
@@ -200,8 +166,28 @@ rule measure:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
+        split="",
+        method=lambda wc: wc.method,
+        seed=lambda wc: wc.seed,
     shell:
-        "fairdiff measure --table {input.samples} --dataset {params.dataset} "
-        "--evaluate {params.evaluate} --name {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --threads {threads} --out {output.csv} "
+        "fairdiff measure --table {input.table} {params.split} --dataset {params.dataset} "
+        "--evaluate {params.evaluate} --name {wildcards.dataset} --method {params.method} "
+        "--seed {params.seed} --threads {threads} --out {output.csv} "
         "--per-image {output.per_image} > {log} 2>&1"
+
+
+# The same measurement on the real test images: what a perfect generator would reach.
+use rule measure as measure_reference with:
+    input:
+        table=MANIFEST,
+    output:
+        csv=fill(REFERENCE_METRICS, file="measured.csv"),
+        per_image=fill(REFERENCE_METRICS, file="measured_images.csv"),
+    log:
+        "logs/measure_reference/{dataset}.log",
+    benchmark:
+        "benchmarks/measure_reference/{dataset}.tsv"
+    params:
+        split="--split test",
+        method="real",
+        seed=SEEDS[0],

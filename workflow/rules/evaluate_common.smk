@@ -5,24 +5,22 @@ EXTRACTOR = config["evaluate"]["extractor"]
 CLASSIFIER_GPU = int(config["evaluate"]["classifier"]["backbone"] != "small")
 
 
-def manifest_path(wildcards):
-    return f"{RESULTS}/data/{wildcards.dataset}/manifest.csv"
-
-
 def samples_dir(wildcards, split, method=None, seed=None):
     method = method or wildcards.method
     seed = wildcards.seed if seed is None else seed
-    return f"{RESULTS}/samples/{wildcards.dataset}/{method}/seed{seed}/{split}"
+    return SAMPLES.format(
+        dataset=wildcards.dataset, method=method, seed=seed, split=split
+    )
 
 
 def feature_file(dataset, imageset):
-    return f"{RESULTS}/features/{dataset}/{EXTRACTOR}/{imageset}.safetensors"
+    return FEATURES.format(dataset=dataset, extractor=EXTRACTOR, imageset=imageset)
 
 
 def extractor_input(wildcards):
     """The domain extractor folder, or the Inception weights file (the CLI names a missing one)."""
     if wildcards.extractor == "domain":
-        return f"{RESULTS}/models/{wildcards.dataset}/extractor"
+        return EXTRACTOR_MODEL.format(dataset=wildcards.dataset)
     return config["evaluate"]["inception_weights"] or []
 
 
@@ -38,9 +36,18 @@ def real_split_arg(imageset):
     return ""
 
 
+def run_imageset(method, seed):
+    """The image set of a run's samples of the test prompts."""
+    return f"{method}-seed{seed}-test"
+
+
+# The run of each run image set (looked up, not parsed from the name).
+IMAGESET_RUNS = {run_imageset(method, seed): (method, seed) for method, seed in RUNS}
+
+
 def imageset_table(wildcards):
     """What an image set's features are extracted from: the manifest, or a run's samples."""
     if wildcards.imageset.startswith("real-"):
-        return manifest_path(wildcards)
-    method, seed = wildcards.imageset.removesuffix("-test").rsplit("-seed", 1)
+        return MANIFEST.format(dataset=wildcards.dataset)
+    method, seed = IMAGESET_RUNS[wildcards.imageset]
     return samples_dir(wildcards, "test", method, seed)

@@ -4,10 +4,10 @@
 
 rule cache_latents:
     input:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        manifest=MANIFEST,
         base=base_model_input,
     output:
-        latents=f"{RESULTS}/latents/{{dataset}}/{{split}}/latents.safetensors",
+        latents=LATENTS,
     log:
         "logs/cache_latents/{dataset}/{split}.log",
     benchmark:

@@ -5,9 +5,9 @@
 
 rule base_model:
     input:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        manifest=MANIFEST,
     output:
-        base=directory(f"{RESULTS}/models/{{dataset}}/base"),
+        base=directory(BASE_MODEL),
     log:
         "logs/base_model/{dataset}.log",
     benchmark:

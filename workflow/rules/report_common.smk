@@ -19,30 +19,33 @@ def has_paired():
 
 def metric_files(dataset, kind, reference=False):
     """The tidy metric CSVs of every arm and seed (plus the real reference's) of one kind."""
-    files = expand(
-        f"{RESULTS}/metrics/{dataset}/{{method}}/seed{{seed}}/{kind}.csv",
-        method=METHODS,
-        seed=SEEDS,
-    )
-    return files + (
-        [f"{RESULTS}/metrics/{dataset}/real/{kind}.csv"] if reference else []
-    )
+    files = [
+        METRICS.format(dataset=dataset, method=method, seed=seed, file=f"{kind}.csv")
+        for method, seed in RUNS
+    ]
+    if reference:
+        files.append(REFERENCE_METRICS.format(dataset=dataset, file=f"{kind}.csv"))
+    return files
 
 
-def paired_metric_files(wildcards):
-    kinds = ["quality", "semantic"] + (
-        ["measured"] if has_measured(wildcards.dataset) else []
-    )
-    return [f for kind in kinds for f in metric_files(wildcards.dataset, kind)]
+def paired_metric_files(dataset):
+    kinds = ["quality", "semantic"] + (["measured"] if has_measured(dataset) else [])
+    return [f for kind in kinds for f in metric_files(dataset, kind)]
 
 
 def run_files(dataset, name):
     """One file per arm and seed from the training runs (train_log.csv, bo_trajectory.csv)."""
-    return expand(
-        f"{RESULTS}/models/{dataset}/{{method}}/seed{{seed}}/{name}",
-        method=METHODS,
-        seed=SEEDS,
-    )
+    return [
+        RUN_FILE.format(dataset=dataset, method=method, seed=seed, file=name)
+        for method, seed in RUNS
+    ]
+
+
+def run_options(wildcards):
+    """Which run each of run_files() is: the files carry no run key in their path for the CLI."""
+    methods = " ".join(method for method, _ in RUNS)
+    seeds = " ".join(str(seed) for _, seed in RUNS)
+    return f"--methods {methods} --seeds {seeds}"
 
 
 def grid_attribute(wildcards):
@@ -52,20 +55,103 @@ def grid_attribute(wildcards):
     return chosen if chosen in attributes else attributes[0]
 
 
+def samples_options(wildcards):
+    return (
+        f"--methods {' '.join(METHODS)} "
+        f"--attributes {as_arg(dataset_cfg(wildcards)['attributes'])} "
+        f"--attribute {grid_attribute(wildcards)} "
+        f"--per-group {config['report']['grid_prompts']}"
+    )
+
+
+# The table and figure kinds: kind -> (its inputs for a dataset, named after the options of
+# `fairdiff table/figure KIND`, or None where the dataset has no such table; its other options:
+# a string for a table, a function of the wildcards for a figure).
+# Adding a kind: an entry here, the kind in fairdiffusion.report.tables/figures and its
+# paragraph in ../report/table.rst or figure.rst.
+TABLES = {
+    "quality": (lambda ds: {"metrics": metric_files(ds, "quality")}, ""),
+    "groups": (lambda ds: {"metrics": metric_files(ds, "quality")}, ""),
+    "semantic": (
+        lambda ds: {"metrics": metric_files(ds, "semantic", reference=True)},
+        "",
+    ),
+    "measured": (
+        lambda ds: (
+            {"metrics": metric_files(ds, "measured", reference=True)}
+            if has_measured(ds)
+            else None
+        ),
+        "",
+    ),
+    "paired": (
+        lambda ds: {"metrics": paired_metric_files(ds)} if has_paired() else None,
+        "--baseline baseline",
+    ),
+}
+FIGURES = {
+    "groups": (lambda ds: {"metrics": metric_files(ds, "quality")}, lambda wc: ""),
+    "es": (
+        lambda ds: {
+            "metrics": metric_files(ds, "quality")
+            + metric_files(ds, "semantic", reference=True)
+        },
+        lambda wc: "",
+    ),
+    "trajectory": (
+        lambda ds: {"logs": run_files(ds, "bo_trajectory.csv")},
+        lambda wc: f"{run_options(wc)} --window {config['fair_bayes']['time_window']}",
+    ),
+    "loss": (lambda ds: {"logs": run_files(ds, "train_log.csv")}, run_options),
+    "samples": (
+        lambda ds: {
+            "manifest": MANIFEST.format(dataset=ds),
+            "samples": [
+                SAMPLES.format(dataset=ds, method=method, seed=SEEDS[0], split="test")
+                for method in METHODS
+            ],
+        },
+        samples_options,
+    ),
+}
+
+
+def kind_inputs(kinds):
+    """Input function of a family rule: the inputs of its {kind} for the {dataset}."""
+
+    def inputs(wildcards):
+        files = kinds[wildcards.kind][0](wildcards.dataset)
+        if files is None:
+            raise WorkflowError(
+                f"{wildcards.kind}_{wildcards.dataset}: dataset {wildcards.dataset} has no "
+                f"{wildcards.kind} table (measured needs source: synthetic, paired needs the "
+                f"baseline and another arm in methods)"
+            )
+        return files
+
+    return inputs
+
+
+def input_options(wildcards, input):
+    """The rule's inputs as the CLI's options: --NAME FILE..., one per named input."""
+    return " ".join(
+        f"--{name} {' '.join([files] if isinstance(files, str) else files)}"
+        for name, files in input.items()
+    )
+
+
 def report_items(dataset):
     """Named target -> files, for every table and figure of one dataset."""
-    tables = ["quality", "groups", "semantic"]
-    tables += ["measured"] if has_measured(dataset) else []
-    tables += ["paired"] if has_paired() else []
     items = {
         f"table_{kind}_{dataset}": expand(
-            f"{RESULTS}/tables/{kind}_{dataset}.{{ext}}", ext=TABLE_EXTS
+            f"{TABLE}.{{ext}}", kind=kind, dataset=dataset, ext=TABLE_EXTS
         )
-        for kind in tables
+        for kind, (inputs, _) in TABLES.items()
+        if inputs(dataset) is not None
     }
-    for kind in ["groups", "es", "trajectory", "loss", "samples"]:
+    for kind in FIGURES:
         items[f"figure_{kind}_{dataset}"] = expand(
-            f"{RESULTS}/figures/{kind}_{dataset}.{{ext}}", ext=FIGURE_FORMATS
+            f"{FIGURE}.{{ext}}", kind=kind, dataset=dataset, ext=FIGURE_FORMATS
         )
     return items
 

@@ -4,14 +4,12 @@
 
 rule sample:
     input:
-        unet=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/unet/config.json",
-        run_info=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/run_info.json",
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        unet=fill(RUN_FILE, file="unet/config.json"),
+        run_info=fill(RUN_FILE, file="run_info.json"),
+        manifest=MANIFEST,
         base=base_model_input,
     output:
-        samples=directory(
-            f"{RESULTS}/samples/{{dataset}}/{{method}}/seed{{seed}}/{{split}}"
-        ),
+        samples=directory(SAMPLES),
     log:
         "logs/sample/{dataset}/{method}/seed{seed}/{split}.log",
     benchmark:

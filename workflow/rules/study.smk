@@ -17,38 +17,38 @@ rule study_page:
         semantic=lambda wc: metric_files(wc.dataset, "semantic"),
         trajectories=lambda wc: study_run_files(wc, "bo_trajectory.csv", "models"),
         run_info=lambda wc: study_run_files(wc, "run_info.json", "models"),
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        manifest=MANIFEST,
         base=base_model_input,
     output:
         md=report(
-            f"{RESULTS}/study/{{dataset}}/study.md",
+            fill(STUDY_FILE, file="study.md"),
             caption="../report/study.rst",
             category="Study",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "file": "page"},
         ),
         csv=report(
-            f"{RESULTS}/study/{{dataset}}/study.csv",
+            fill(STUDY_FILE, file="study.csv"),
             caption="../report/study.rst",
             category="Study",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "file": "paired effects"},
         ),
-        runs=f"{RESULTS}/study/{{dataset}}/runs.csv",
-        readme=f"{RESULTS}/study/{{dataset}}/readme.md",
+        runs=fill(STUDY_FILE, file="runs.csv"),
+        readme=fill(STUDY_FILE, file="readme.md"),
         effects=report(
-            f"{RESULTS}/study/{{dataset}}/effects.png",
+            fill(STUDY_FILE, file="effects.png"),
             caption="../report/study.rst",
             category="Study",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "file": "effects figure"},
         ),
-        seeds=f"{RESULTS}/study/{{dataset}}/seeds.png",
-        sigma=f"{RESULTS}/study/{{dataset}}/sigma.png",
+        seeds=fill(STUDY_FILE, file="seeds.png"),
+        sigma=fill(STUDY_FILE, file="sigma.png"),
         extra=expand(
-            f"{RESULTS}/study/{{{{dataset}}}}/{{figure}}.{{ext}}",
-            figure=STUDY_FIGURES,
-            ext=FIGURE_EXTRA,
+            STUDY_FILE,
+            file=[f"{fig}.{ext}" for fig in STUDY_FIGURES for ext in FIGURE_EXTRA],
+            allow_missing=True,
         ),
     log:
         "logs/study_page/{dataset}.log",
@@ -63,7 +63,7 @@ rule study_page:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         methods=as_arg(METHODS),
-        runs=" ".join(f"{method}:{seed}" for method, seed in STUDY_RUNS),
+        runs=" ".join(f"{method}:{seed}" for method, seed in RUNS),
         study=as_arg(config["study"]),
         window=config["fair_bayes"]["time_window"],
         ceiling=study_ceiling,
@@ -83,7 +83,7 @@ rule study_page:
 rule study:
     input:
         [
-            f"{RESULTS}/study/{dataset}/{name}"
+            STUDY_FILE.format(dataset=dataset, file=name)
             for dataset in DATASETS
             if has_measured(dataset)
             for name in STUDY_FILES

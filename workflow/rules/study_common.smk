@@ -16,16 +16,13 @@ def study_command():
     )
 
 
-# Every arm x seed, in the one order of the per-run file lists and of `--runs` (the command is
-# told which run each file is; it never parses a path).
-STUDY_RUNS = [(method, seed) for method in METHODS for seed in SEEDS]
-
-
 def study_run_files(wildcards, name, stage="metrics"):
-    """One file per run of STUDY_RUNS: metrics/... or models/... (stage)."""
+    """One file per run of RUNS (the order of `--runs`: the command is told which run each
+    file is, it never parses a path): metrics/... or models/... (stage)."""
+    template = RUN_FILE if stage == "models" else METRICS
     return [
-        f"{RESULTS}/{stage}/{wildcards.dataset}/{method}/seed{seed}/{name}"
-        for method, seed in STUDY_RUNS
+        template.format(dataset=wildcards.dataset, method=method, seed=seed, file=name)
+        for method, seed in RUNS
     ]
 
 
@@ -33,4 +30,4 @@ def study_ceiling(wildcards):
     """The base model's VAE ceiling (tiny stack only; a pretrained VAE has none)."""
     if config["model"]["pretrained"]:
         return ""
-    return f"--ceiling {RESULTS}/models/{wildcards.dataset}/base/vae_ceiling.csv"
+    return "--ceiling " + VAE_CEILING.format(dataset=wildcards.dataset)

@@ -1,17 +1,17 @@
 # Training: fine-tune the UNet on the cached latents, once per dataset, arm (method) and seed.
-# Checkpoints live outside the declared outputs (results/checkpoints/...), so a failed or
+# Checkpoints live outside the declared outputs (CHECKPOINTS), so a failed or
 # retried job resumes from the latest one instead of starting over.
 
 
 rule train:
     input:
-        latents=f"{RESULTS}/latents/{{dataset}}/train/latents.safetensors",
+        latents=fill(LATENTS, split="train"),
         base=base_model_input,
     output:
-        unet=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/unet/config.json",
-        train_log=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/train_log.csv",
-        trajectory=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/bo_trajectory.csv",
-        run_info=f"{RESULTS}/models/{{dataset}}/{{method}}/seed{{seed}}/run_info.json",
+        unet=fill(RUN_FILE, file="unet/config.json"),
+        train_log=fill(RUN_FILE, file="train_log.csv"),
+        trajectory=fill(RUN_FILE, file="bo_trajectory.csv"),
+        run_info=fill(RUN_FILE, file="run_info.json"),
     log:
         "logs/train/{dataset}/{method}/seed{seed}.log",
     benchmark:
@@ -34,7 +34,7 @@ rule train:
         train=as_arg(config["train"]),
         fair_bayes=as_arg(config["fair_bayes"]),
         out=lambda wc, output: os.path.dirname(output.run_info),
-        checkpoints=f"{RESULTS}/checkpoints/{{dataset}}/{{method}}/seed{{seed}}",
+        checkpoints=CHECKPOINTS,
         # gpu: N (set in the SLURM profile) trains with N processes on one node, one per GPU.
         launch=lambda wc, resources: (
             "accelerate launch --multi_gpu --num_machines 1 --dynamo_backend no "

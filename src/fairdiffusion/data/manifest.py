@@ -64,13 +64,3 @@ def image_path(manifest_path: str | Path, image: str) -> Path:
     image = Path(image)
     return image if image.is_absolute() else Path(manifest_path).parent / image
 
-
-def drop_unknown(frame: pd.DataFrame, attributes: dict, log) -> pd.DataFrame:
-    """Drop rows whose attribute value is not a declared group, logging the count per attribute."""
-    keep = pd.Series(True, index=frame.index)
-    for column, values in attributes.items():
-        unknown = ~frame[column].astype(str).isin(values)
-        if unknown.any():
-            log.info("dropped %d row(s) with an unknown %s", int(unknown.sum()), column)
-        keep &= ~unknown
-    return frame[keep].reset_index(drop=True)

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from .. import io
-from . import manifest
+from . import images, manifest
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def prepare(name: str, cfg: dict, out: Path):
     source = importlib.import_module(SOURCES[cfg["source"]])
     with io.atomic_dir(out) as tmp:
         frame = source.build(name, cfg, tmp)
-        frame = manifest.drop_unknown(frame, cfg["attributes"], log)
+        frame = images.drop_unknown(frame, cfg["attributes"], "attribute")
         frame = apply_limit(frame, cfg.get("limit") or {})
         manifest.validate(frame, cfg["attributes"], cfg["labels"], f"dataset '{name}'")
         used = set(frame["image"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io, runtime
+from .. import io, models, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import extractor as extractor_mod
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     rows = images.read_table(args.table, args.split, args.dataset["attributes"], args.dataset["labels"])
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,
                                                    args.extractor_dir, cuda)
-    array = images.load_images(rows)
+    array = models.read_images(rows.attrs["source"], rows)
     if args.evaluate["image_format"] == "jpeg":
         array = images.jpeg_round_trip(array)
         tag += f"+jpeg{images.JPEG_QUALITY}"

@@ -1,4 +1,8 @@
-"""Image sets (a manifest split or a samples folder's prompts.csv) and their demographic groups."""
+"""Image sets (a manifest split or a samples folder's prompts.csv) and their demographic groups.
+
+The images of an image set are read by `models.read_images(rows.attrs["source"], rows)`, the
+package's one loader (RGB only, like the training stages).
+"""
 
 from __future__ import annotations
 
@@ -42,30 +46,8 @@ def read_table(path: str | Path, split: str | None, attributes: dict, labels: di
     if frame.empty:
         raise FairDiffError(f"{path}: no images" + (f" in split '{split}'" if split else ""))
     frame = frame.reset_index(drop=True)
-    frame.attrs["root"] = str(path.parent)
     frame.attrs["source"] = str(path)
     return frame
-
-
-def load_images(frame: pd.DataFrame, size: int | None = None) -> np.ndarray:
-    """The table's images as uint8 [N, H, W, 3] (all images must share one size), resized
-    (bilinear, antialiased) to size x size if given and different."""
-    root = Path(frame.attrs["root"])
-    arrays = []
-    for image in frame["image"]:
-        path = Path(image) if Path(image).is_absolute() else root / image
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if size is not None and img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(img, dtype=np.uint8))
-        except OSError as err:
-            raise FairDiffError(f"{path}: cannot read image ({err})") from err
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise FairDiffError(f"{frame.attrs['source']}: images of different sizes {sorted(shapes)[:3]}")
-    return np.stack(arrays)
 
 
 # PIL's default quality, which the authors' `img.save("....jpg")` uses

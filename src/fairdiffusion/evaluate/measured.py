@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .. import io, runtime
+from .. import io, models, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import equity, images, stats, tidy
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
     rows = images.read_table(args.table, args.split, attributes, labels)
     log.info("measuring %d images of %s", len(rows), rows.attrs["source"])
-    measured = measure(images.load_images(rows))
+    measured = measure(models.read_images(rows.attrs["source"], rows))
     right = correctness(rows, measured, labels)
     rendered = set(attributes.get("race", [])) == set(ATTRIBUTES["race"])
     if rendered:

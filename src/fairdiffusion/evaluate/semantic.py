@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .. import io, runtime
+from .. import io, models, runtime
 from ..errors import FairDiffError
 from ..cli import json_arg
 from . import cnn, equity, images, stats, tidy
@@ -199,9 +199,9 @@ def run(args: argparse.Namespace) -> None:
     val_rows = images.read_table(args.manifest, "val", attributes, labels)
     test_rows = images.read_table(args.manifest, "test", attributes, labels)
     # resized once at loading, as the authors' loaders (10000 train images at 512 px: 7.9 GB)
-    train = (images.load_images(train_rows, size), cnn.encode_targets(train_rows, labels))
-    val = (images.load_images(val_rows, size), cnn.encode_targets(val_rows, labels))
-    test_images = images.load_images(test_rows, size)
+    train = (models.read_images(train_rows.attrs["source"], train_rows, resize=size), cnn.encode_targets(train_rows, labels))
+    val = (models.read_images(val_rows.attrs["source"], val_rows, resize=size), cnn.encode_targets(val_rows, labels))
+    test_images = models.read_images(test_rows.attrs["source"], test_rows, resize=size)
     heads = {k: len(v) for k, v in labels.items()}
     groups = [{k: n} for k, n in heads.items()] if settings["per_task"] else [heads]
     probs, records = {}, []

@@ -6,12 +6,15 @@ import math
 
 import pandas as pd
 
-# Contract columns, then: std (spread of the estimator where the metric has one: raw KID and IS
-# over subsets/splits, size-matched metrics over their draws), lower/upper (95% interval: a
+# The contract: the columns every tidy metric CSV has, and all a reader may rely on
+# (report.metrics reads these).
+CONTRACT = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
+            "value"]
+# Written after them: std (spread of the estimator where the metric has one: raw KID and IS over
+# subsets/splits, size-matched metrics over their draws), lower/upper (95% interval: a
 # bootstrap over test images, or the percentiles of the size-matched draws), n (generated
 # images the value is computed on).
-COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
-           "value", "std", "lower", "upper", "n"]
+COLUMNS = CONTRACT + ["std", "lower", "upper", "n"]
 
 
 def row(context: dict, metric: str, value: float, attribute: str = "all", group: str = "all",

@@ -9,14 +9,14 @@ Kinds:
               attribute (--metrics: quality and semantic CSVs)
   trajectory  the Fair Bayesian Perturbation state over training: sigma of every group and the
               loss gap of every attribute (rolling mean over --window steps), one column per arm
-              (--logs: bo_trajectory.csv files)
+              (--logs: bo_trajectory.csv files; --methods, --seeds: the run of each)
   loss        training loss over steps, one line per arm, band = std over seeds
-              (--logs: train_log.csv files)
+              (--logs: train_log.csv files; --methods, --seeds: the run of each)
   samples     real test images and each arm's images for the same prompts, one row per group of
-              --attribute (--manifest, --samples: one sample folder per arm)
+              --attribute (--manifest, --samples: one sample folder per arm; --methods: the arm
+              of each)
 
-Log and sample paths follow the pipeline's layout (.../{method}/seed{seed}/FILE and
-.../{method}/seed{seed}/{split}/), which is where the arm and seed are read from.
+Which run a file belongs to is given on the command line, never read from its path.
 """
 
 from __future__ import annotations
@@ -71,24 +71,25 @@ def _method_order(methods) -> list[str]:
     return [m for m in order if m != M.REFERENCE] + [m for m in order if m == M.REFERENCE]
 
 
-def _run_of(path: Path) -> tuple[str, int]:
-    """(method, seed) of a file or folder directly under .../{method}/seed{seed}/."""
-    seed_dir = path.parent
-    if not seed_dir.name.startswith("seed") or not seed_dir.name[4:].isdigit():
-        raise FairDiffError(f"{path}: expected a path under .../{{method}}/seed{{seed}}/")
-    return seed_dir.parent.name, int(seed_dir.name[4:])
+def _one_per_file(args: argparse.Namespace, files: list, *names: str) -> None:
+    """--methods (and --seeds) name the run of each file, in order: one value per file."""
+    for name in names:
+        given = getattr(args, name)
+        if len(given) != len(files):
+            raise FairDiffError(f"figure {args.kind}: --{name} has {len(given)} value(s) for "
+                                f"{len(files)} file(s); expected one per file")
 
 
-def _read_logs(paths: list[str], required: list[str]) -> pd.DataFrame:
+def _read_logs(paths: list[str], methods: list[str], seeds: list[int],
+               required: list[str]) -> pd.DataFrame:
     frames = []
-    for path in map(Path, paths):
+    for path, method, seed in zip(map(Path, paths), methods, seeds):
         if not path.exists():
             raise FairDiffError(f"{path}: log not found")
         frame = pd.read_csv(path)
         missing = [c for c in required if c not in frame.columns]
         if missing:
             raise FairDiffError(f"{path}: missing column(s) {missing}")
-        method, seed = _run_of(path)
         frames.append(frame.assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -201,8 +202,8 @@ def pick_prompts(real: pd.DataFrame, runs: dict[str, pd.DataFrame], attribute: s
     return picked
 
 
-def samples(manifest: Path, sample_dirs: list[Path], attributes: dict, attribute: str | None,
-            per_group: int) -> plt.Figure:
+def samples(manifest: Path, sample_dirs: list[Path], methods: list[str], attributes: dict,
+            attribute: str | None, per_group: int) -> plt.Figure:
     attribute = attribute or next(iter(attributes))
     if attribute not in attributes:
         raise FairDiffError(f"--attribute {attribute}: not one of the dataset's attributes "
@@ -212,11 +213,10 @@ def samples(manifest: Path, sample_dirs: list[Path], attributes: dict, attribute
     real = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     real = real[real["split"] == "test"]
     runs = {}
-    for folder in sample_dirs:
+    for folder, method in zip(sample_dirs, methods):
         table = folder / "prompts.csv"
         if not table.exists():
             raise FairDiffError(f"{table}: not found")
-        method, _ = _run_of(folder)
         runs[method] = sample_rows(pd.read_csv(table, dtype=str, keep_default_na=False))
     picked = pick_prompts(real, runs, attribute, attributes[attribute], per_group)
     columns = [("real", manifest.parent, real)] + [(m, d, runs[m]) for m, d in
@@ -251,7 +251,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trajectory: steps of the rolling mean of the loss gaps")
     parser.add_argument("--manifest", type=Path, help="samples: the dataset's manifest.csv")
     parser.add_argument("--samples", nargs="+", type=Path,
-                        help="samples: one .../{method}/seed{seed}/test folder per arm")
+                        help="samples: one sample folder (of the test split) per arm")
+    parser.add_argument("--methods", nargs="+",
+                        help="the arm of each --logs file or --samples folder, in order")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="trajectory, loss: the seed of each --logs file, in order")
     parser.add_argument("--attributes", type=json_arg,
                         help="samples: the dataset's attributes as JSON {attribute: [groups]}")
     parser.add_argument("--attribute",
@@ -274,18 +278,21 @@ def run(args: argparse.Namespace) -> None:
         _need(args, "metrics")
         fig = (groups if args.kind == "groups" else es)(M.read(args.metrics))
     elif args.kind == "trajectory":
-        _need(args, "logs")
+        _need(args, "logs", "methods", "seeds")
+        _one_per_file(args, args.logs, "methods", "seeds")
         if args.window < 1:
             raise FairDiffError(f"--window {args.window}: expected a positive number of steps")
-        fig = trajectory(_read_logs(args.logs, ["step"]), args.window)
+        fig = trajectory(_read_logs(args.logs, args.methods, args.seeds, ["step"]), args.window)
     elif args.kind == "loss":
-        _need(args, "logs")
-        fig = loss(_read_logs(args.logs, ["step", "loss"]))
+        _need(args, "logs", "methods", "seeds")
+        _one_per_file(args, args.logs, "methods", "seeds")
+        fig = loss(_read_logs(args.logs, args.methods, args.seeds, ["step", "loss"]))
     else:
-        _need(args, "manifest", "samples", "attributes")
+        _need(args, "manifest", "samples", "methods", "attributes")
+        _one_per_file(args, args.samples, "methods")
         if args.per_group < 1:
             raise FairDiffError(f"--per-group {args.per_group}: expected at least 1")
-        fig = samples(args.manifest, args.samples, args.attributes, args.attribute,
+        fig = samples(args.manifest, args.samples, args.methods, args.attributes, args.attribute,
                       args.per_group)
     for path in save(fig, args.out, args.formats):
         log.info("wrote %s", path)

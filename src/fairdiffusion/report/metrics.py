@@ -8,16 +8,14 @@ from typing import Iterable
 import pandas as pd
 
 from ..errors import FairDiffError
-from ..evaluate import equity
+from ..evaluate.equity import direction
+from ..evaluate.tidy import CONTRACT
 
-# Columns every tidy metric CSV has (lower/upper/n are optional).
-COLUMNS = ["dataset", "method", "seed", "metric", "task", "attribute", "group", "extractor",
-           "value"]
+# The tidy contract (evaluate.tidy) and the metric directions (evaluate.equity) are owned by the
+# modules that write the metrics; the report reads them from there.
+COLUMNS = CONTRACT
 KEYS = ["metric", "task", "attribute", "group", "extractor"]
 REFERENCE = "real"  # the method name of rows measured on (or trained on) real images
-
-# Metric directions have one owner, evaluate.equity; the report asks it.
-direction = equity.direction
 
 
 def arrow(metric: str) -> str:
