@@ -30,4 +30,4 @@ def study_ceiling(wildcards):
     """The base model's VAE ceiling (tiny stack only; a pretrained VAE has none)."""
     if config["model"]["pretrained"]:
         return ""
-    return "--ceiling " + VAE_CEILING.format(dataset=wildcards.dataset)
+    return f"--ceiling {VAE_CEILING.format(dataset=wildcards.dataset)}"
