@@ -82,6 +82,7 @@ def test_arms_share_data_noise_and_timesteps_for_a_seed(run):
     log_b = pd.read_csv(base / "train_log.csv")
     log_r = pd.read_csv(rand / "train_log.csv")
     log_s = pd.read_csv(other_seed / "train_log.csv")
+    assert (log_r["method"] == "random").all() and (log_s["seed"] == 1).all()
     # Step 1's unweighted loss is computed before any update: same batch, noise and timesteps.
     assert log_b["loss"][0] == log_r["loss"][0]
     assert log_b["loss"][0] != log_s["loss"][0]
@@ -103,12 +104,16 @@ def test_outputs_load_in_a_stock_pipeline(run):
         load_file(out / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"],
         load_file(out / "unet_ema" / "diffusion_pytorch_model.safetensors")["conv_in.weight"])
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "time"]
+    assert list(log.columns) == ["method", "seed", "step", "loss", "lr", "time"]
     assert log["step"].tolist() == [1, 2, 3, 4]
     # Constant LR after the linear warm-up.
     lr = run.settings["learning_rate"]
     assert log["lr"].tolist() == pytest.approx([lr / 2, lr, lr, lr])   # lr_warmup_steps = 2
     trajectory = pd.read_csv(out / "bo_trajectory.csv")
+    # Each row names its run (the report reads these columns, not the path).
+    for frame in (log, trajectory):
+        assert list(frame.columns[:2]) == ["method", "seed"]
+        assert (frame["method"] == "fairdiffusion").all() and (frame["seed"] == 0).all()
     assert (trajectory["kind"] == "step").sum() == 4
     assert (trajectory["kind"] == "bo_update").sum() == 1
     info = json.loads((out / "run_info.json").read_text())

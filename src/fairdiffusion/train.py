@@ -286,8 +286,15 @@ def per_sample_loss(unet, scheduler, prediction: str, x0, cond, t, noise) -> tor
 
 def write_outputs(out: Path, unet, ema, log_rows: list, trajectory: list, columns: list,
                   info: dict) -> None:
-    """The run folder: unet/ (and unet_ema/), train_log.csv, bo_trajectory.csv, run_info.json."""
+    """The run folder: unet/ (and unet_ema/), train_log.csv, bo_trajectory.csv, run_info.json.
+    Both CSVs lead with the run's `method` and `seed` columns, so readers need not parse paths."""
     import pandas as pd
+
+    def frame(rows: list, names: list) -> pd.DataFrame:
+        data = pd.DataFrame(rows, columns=names)
+        data.insert(0, "seed", info["seed"])
+        data.insert(0, "method", info["method"])
+        return data
 
     with io.atomic_dir(out) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -295,9 +302,9 @@ def write_outputs(out: Path, unet, ema, log_rows: list, trajectory: list, column
             ema_unet = copy.deepcopy(unet)
             ema.copy_to(ema_unet.parameters())
             ema_unet.save_pretrained(tmp / "unet_ema", safe_serialization=True)
-        pd.DataFrame(log_rows, columns=["step", "loss", "lr", "time"]).to_csv(
-            tmp / "train_log.csv", index=False)
-        pd.DataFrame(trajectory, columns=columns).to_csv(tmp / "bo_trajectory.csv", index=False)
+        frame(log_rows, ["step", "loss", "lr", "time"]).to_csv(tmp / "train_log.csv",
+                                                                index=False)
+        frame(trajectory, columns).to_csv(tmp / "bo_trajectory.csv", index=False)
         io.write_json(tmp / "run_info.json", io.run_info(info))
 
 
