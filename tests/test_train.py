@@ -127,6 +127,18 @@ def test_resume_with_different_settings_is_refused(run):
         _train(run, "refuse", max_steps=4, learning_rate=1e-2)
 
 
+def test_keep_checkpoints_keeps_the_newest_and_may_change_on_resume(run):
+    folder = run.root / "checkpoints" / "keep"
+    _train(run, "keep", max_steps=3, checkpoint_every=1, keep_checkpoints=1)
+    assert [p.name for p in sorted(folder.iterdir())] == ["checkpoint-0000003"]
+    # How many are kept does not change what is computed: a resume with another count goes on.
+    _train(run, "keep", max_steps=4, checkpoint_every=1, keep_checkpoints=3)
+    assert [p.name for p in sorted(folder.iterdir())] == ["checkpoint-0000003",
+                                                          "checkpoint-0000004"]
+    info = json.loads((run.root / "models" / "keep" / "run_info.json").read_text())
+    assert info["settings"]["resumed_from"].endswith("checkpoint-0000003")
+
+
 def test_cache_of_another_split_is_refused(run):
     test_cache = run.root / "test_split.safetensors"
     latents.cache(run.base, run.root / "data" / "manifest.csv", "test", run.ds, False, test_cache)

@@ -18,8 +18,9 @@ output, so a failed job's successor resumes): UNet, optimizer, EMA and method st
 safetensors plus JSON for their plain values, LR-schedule state, step, elapsed time and the log
 rows so far - no pickle. A run restarted with the same command resumes from the latest one; a
 checkpoint written with different training-relevant settings is refused (a hash is stored).
-max_steps, checkpoint_every and log_every are not part of the hash: the LR is constant after
-warm-up, so a longer run continues a shorter one exactly.
+max_steps, checkpoint_every, log_every and keep_checkpoints are not part of the hash: the LR is
+constant after warm-up, so a longer run continues a shorter one exactly. train.allow_tf32 sets
+torch.backends.cuda.matmul.allow_tf32 on a GPU (convolutions keep PyTorch's cuDNN default).
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ from .errors import FairDiffError
 log = logging.getLogger(__name__)
 
 # Settings that do not change what is computed (see the module docstring).
-UNHASHED = ("max_steps", "checkpoint_every", "log_every")
+UNHASHED = ("max_steps", "checkpoint_every", "log_every", "keep_checkpoints")
 # Independent random streams of the training loop (method.py has its own).
 DATA_STREAM, STEP_STREAM = 1, 2
-KEEP_CHECKPOINTS = 2
 
 
 def generator(*key: int) -> torch.Generator:
@@ -323,6 +323,8 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
 
     tensors, meta = latents.read(latents_path)
     check_cache(latents_path, tensors, meta, dataset, settings)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = settings["allow_tf32"]
     mixed = settings["mixed_precision"] if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=accum)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -348,7 +350,7 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     weighting = make_weighting(
         method, dataset["attributes"], fair_bayes, seed, rank,
         broadcast=(lambda t: broadcast(t.to(device)).cpu()) if world > 1 else None)
-    checkpoint = Checkpoint(checkpoints, KEEP_CHECKPOINTS, run_settings, unet=unet,
+    checkpoint = Checkpoint(checkpoints, settings["keep_checkpoints"], run_settings, unet=unet,
                             optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                             weighting=weighting, scaler=accelerator.scaler)
     # window: losses of the steps since the last train_log row.
