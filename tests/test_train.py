@@ -211,6 +211,75 @@ def test_killed_run_resumes_to_the_same_weights(run):
         pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
+def _watch(run, **overrides):
+    return {**run.settings["validation"], "every": 2, "images_per_prompt": 2,
+            "num_inference_steps": 2, "scheduler": "ddim", **overrides}
+
+
+def test_validation_writes_grids_and_events_and_leaves_the_weights_alone(run):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fairdiffusion import sample
+
+    plain = _train(run, "watch_off", "fairdiffusion", max_steps=3)
+    watched = _train(run, "watch_on", "fairdiffusion", max_steps=3, validation=_watch(run))
+    a, b = _weights(plain), _weights(watched)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for csv in ("train_log.csv", "bo_trajectory.csv"):
+        x, y = pd.read_csv(plain / csv), pd.read_csv(watched / csv)
+        cols = [c for c in x.columns if c != "time"]
+        pd.testing.assert_frame_equal(x[cols], y[cols])
+
+    # One distinct train-split row per group of each attribute, in the config's order.
+    prompts = pd.read_csv(watched / "validation" / "prompts.csv", dtype=str)
+    assert list(zip(prompts["attribute"], prompts["group"])) == [
+        (attribute, group) for attribute, groups in run.ds["attributes"].items()
+        for group in groups]
+    assert prompts["id"].is_unique
+    rows = manifest.read(run.root / "data" / "manifest.csv").set_index("id").loc[prompts["id"]]
+    assert (rows["split"] == "train").all()
+    assert [rows[a].iloc[i] for i, a in enumerate(prompts["attribute"])] == list(prompts["group"])
+    assert list(rows["prompt"]) == list(prompts["prompt"])
+
+    # A grid every 2 steps and one at the last; rows = prompts, columns = the fixed seeds.
+    grids = sorted(p.name for p in (watched / "validation").glob("step-*.png"))
+    assert grids == ["step-0000002.png", "step-0000003.png"]
+    last = np.asarray(Image.open(watched / "validation" / "step-0000003.png"))
+    assert last.shape == (len(prompts) * 32, 2 * 32, 3)
+    # Its cells are the final EMA weights sampled with the seeds prompts.csv names.
+    pipe = sample.load_pipeline(run.base, watched, "ddim")
+    seed = int(prompts["seeds"].iloc[1].split()[1])
+    cell = sample.generate(pipe, [prompts["prompt"].iloc[1]], [seed], 32, 2, 3.0)[0]
+    assert np.abs(last[32:64, 32:64].astype(int) - cell.astype(int)).max() <= 2
+
+    # TensorBoard: loss and lr as train_log.csv, sigma per group, and the grids.
+    events = EventAccumulator(str(watched / "tensorboard"))
+    events.Reload()
+    log = pd.read_csv(watched / "train_log.csv")
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(list(log["loss"]))
+    assert [e.step for e in events.Scalars("train/lr")] == list(log["step"])
+    sigma_tags = {t for t in events.Tags()["scalars"] if t.startswith("sigma/")}
+    assert sigma_tags == {f"sigma/{a}_{g}" for a, gs in run.ds["attributes"].items()
+                          for g in gs}
+    assert [e.step for e in events.Images("validation")] == [2, 3]
+
+
+def test_validation_without_tensorboard(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # not installed
+    with pytest.raises(FairDiffError, match=r"train.validation.tensorboard is on but "
+                                            r"TensorBoard is not installed: pip install"):
+        _train(run, "watch_no_tb", max_steps=2, validation=_watch(run))
+    assert not (run.root / "models" / "watch_no_tb").exists()
+    assert not (run.root / "checkpoints" / "watch_no_tb").exists()
+    # With the event file off, the grids are written all the same.
+    out = _train(run, "watch_no_tb", max_steps=2, validation=_watch(run, tensorboard=False))
+    assert (out / "validation" / "step-0000002.png").exists()
+    assert not (out / "tensorboard").exists()
+
+
 def test_v_prediction_follows_the_scheduler_config(run):
     vbase = run.root / "vbase"
     shutil.copytree(run.base, vbase)

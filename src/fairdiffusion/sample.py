@@ -57,23 +57,33 @@ def unet_folder(model_dir: Path) -> Path:
     raise FairDiffError(f"{model_dir}: no unet_ema/ or unet/ folder (run train first)")
 
 
-def load_pipeline(base: str, model_dir: Path | None, scheduler: str):
-    """StableDiffusionPipeline of the base stack with the trained UNet and the chosen sampler."""
+def build_pipeline(base: str, scheduler: str, unet=None, dtype=torch.float32):
+    """StableDiffusionPipeline of the base stack with `unet` (default: the base's own) and the
+    chosen sampler, in `dtype`, on the GPU when there is one. Training's validation samples
+    through it too."""
     import diffusers
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     models.load(base, "scheduler")  # a clear error when the base stack is missing
-    kwargs = {}
-    if model_dir is not None:
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet_folder(model_dir))
+    kwargs = {} if unet is None else {"unet": unet.to(dtype)}
     pipe = StableDiffusionPipeline.from_pretrained(
         base, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        **kwargs)
+        torch_dtype=dtype, **kwargs)
     name, extra = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **extra)
     pipe.vae.enable_slicing()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(base: str, model_dir: Path | None, scheduler: str):
+    """The pipeline of a trained run folder's UNet (the base's own UNet when model_dir is None)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = None
+    if model_dir is not None:
+        unet = UNet2DConditionModel.from_pretrained(unet_folder(model_dir))
+    return build_pipeline(base, scheduler, unet)
 
 
 @torch.no_grad()

@@ -21,6 +21,9 @@ checkpoint written with different training-relevant settings is refused (a hash 
 max_steps, checkpoint_every, log_every and keep_checkpoints are not part of the hash: the LR is
 constant after warm-up, so a longer run continues a shorter one exactly. train.allow_tf32 sets
 torch.backends.cuda.matmul.allow_tf32 on a GPU (convolutions keep PyTorch's cuDNN default).
+
+Watching a run: with train.validation.every set, grids of fixed prompts and a TensorBoard event
+file go into the run folder while it trains (validation.py); they never change the weights.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .errors import FairDiffError
 log = logging.getLogger(__name__)
 
 # Settings that do not change what is computed (see the module docstring).
-UNHASHED = ("max_steps", "checkpoint_every", "log_every", "keep_checkpoints")
+UNHASHED = ("max_steps", "checkpoint_every", "log_every", "keep_checkpoints", "validation")
 # Independent random streams of the training loop (method.py has its own).
 DATA_STREAM, STEP_STREAM = 1, 2
 
@@ -286,7 +289,8 @@ def per_sample_loss(unet, scheduler, prediction: str, x0, cond, t, noise) -> tor
 
 def write_outputs(out: Path, unet, ema, log_rows: list, trajectory: list, columns: list,
                   info: dict) -> None:
-    """The run folder: unet/ (and unet_ema/), train_log.csv, bo_trajectory.csv, run_info.json.
+    """The run folder: unet/ (and unet_ema/), train_log.csv, bo_trajectory.csv, run_info.json,
+    and what validation wrote into it while the run trained (validation/, tensorboard/).
     Both CSVs lead with the run's `method` and `seed` columns, so readers need not parse paths."""
     import pandas as pd
 
@@ -306,6 +310,9 @@ def write_outputs(out: Path, unet, ema, log_rows: list, trajectory: list, column
                                                                 index=False)
         frame(trajectory, columns).to_csv(tmp / "bo_trajectory.csv", index=False)
         io.write_json(tmp / "run_info.json", io.run_info(info))
+        for live in ("validation", "tensorboard"):
+            if (out / live).exists():
+                shutil.move(out / live, tmp / live)
 
 
 def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: str,
@@ -359,6 +366,14 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
     step, log_rows, trajectory, window = (progress[k] for k in ("step", "log", "trajectory",
                                                                 "window"))
 
+    validation = None
+    if settings["validation"]["every"] and accelerator.is_main_process:
+        from .validation import Validation
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+        validation = Validation(settings["validation"], base, unet, tensors, meta,
+                                dataset["attributes"], dataset["resolution"], out, step, dtype)
+
     model, optimizer = accelerator.prepare(unet, optimizer)
     if ema is not None:
         ema.to(device)
@@ -408,10 +423,17 @@ def train(latents_path: Path, base: str, dataset: dict, settings: dict, method: 
                              "time": round(seconds(), 3)})
             window = []
             bar.set_postfix(loss=f"{log_rows[-1]['loss']:.4f}")
+            if validation is not None:
+                validation.scalars(log_rows[-1], next(
+                    (r for r in reversed(trajectory) if r["kind"] == "step"), None))
+        if validation is not None and validation.due(step, max_steps):
+            validation.grid(step, unet, ema)
         if (step % checkpoint_every == 0 or step == max_steps) and accelerator.is_main_process:
             checkpoint.save({"step": step, "elapsed": seconds(), "log": log_rows,
                              "window": window, "trajectory": trajectory})
     bar.close()
+    if validation is not None:
+        validation.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
