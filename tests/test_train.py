@@ -267,6 +267,21 @@ def test_validation_writes_grids_and_events_and_leaves_the_weights_alone(run):
     assert [e.step for e in events.Images("validation")] == [2, 3]
 
 
+def test_validation_events_continue_across_a_resume(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(run, "watch_resume", max_steps=2, validation=_watch(run))
+    out = _train(run, "watch_resume", max_steps=4, validation=_watch(run))   # resumes at 2
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    log = pd.read_csv(out / "train_log.csv")
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(log["step"]) == [1, 2, 3, 4]
+    assert [e.value for e in loss] == pytest.approx(list(log["loss"]))
+    assert sorted(p.name for p in (out / "validation").glob("step-*.png")) == [
+        "step-0000002.png", "step-0000004.png"]
+
+
 def test_validation_without_tensorboard(run, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # not installed
     with pytest.raises(FairDiffError, match=r"train.validation.tensorboard is on but "

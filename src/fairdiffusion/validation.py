@@ -85,8 +85,8 @@ class Validation:
         self.jobs = self.prompts.loc[self.prompts.index.repeat(self.copies)]
         self.seeds = [sample.image_seed(GRID_SEED, i, c) for i, c in
                       zip(self.jobs["id"], np.tile(np.arange(self.copies), len(self.prompts)))]
-        # A resumed run rewrites the events after its checkpoint's step (purge_step).
-        self.writer = (summary_writer(run_folder / "tensorboard", step or None)
+        # A run resumed at step s logs steps s+1... again: TensorBoard drops the earlier copies.
+        self.writer = (summary_writer(run_folder / "tensorboard", step + 1 if step else None)
                        if settings["tensorboard"] else None)
         io.write_csv(self.folder / "prompts.csv", self.prompts.assign(
             seeds=[" ".join(map(str, self.seeds[i * self.copies:(i + 1) * self.copies]))
