@@ -33,6 +33,8 @@ from .errors import FairDiffError
 
 # Seed of the grid images: fixed, so every run of a dataset draws the same noise.
 GRID_SEED = 0
+# Images per pipeline call: a large grid never needs the memory of one batch of all of them.
+BATCH = 8
 
 
 def choose_prompts(tensors: dict, meta: dict, attributes: dict) -> pd.DataFrame:
@@ -104,9 +106,12 @@ class Validation:
         with torch.no_grad():
             for mine, theirs in zip(self.unet.parameters(), source):
                 mine.copy_(theirs)
+        prompts = list(self.jobs["prompt"])
         with torch.random.fork_rng(devices=_devices()):
-            images = sample.generate(self.pipe, list(self.jobs["prompt"]), self.seeds,
-                                     self.resolution, self.steps, self.guidance)
+            images = np.concatenate([
+                sample.generate(self.pipe, prompts[i:i + BATCH], self.seeds[i:i + BATCH],
+                                self.resolution, self.steps, self.guidance)
+                for i in range(0, len(prompts), BATCH)])
         picture = grid(images, len(self.prompts))
         path = self.folder / f"step-{step:07d}.png"
         with io.atomic_path(path) as tmp:
