@@ -47,21 +47,52 @@ def test_an_image_regenerated_alone_matches_the_batch(run):
 
 @pytest.mark.parametrize("name", sorted(sample.SCHEDULERS))
 def test_every_scheduler_generates(run, name):
+    import json
+    from pathlib import Path
+
     pipe = sample.load_pipeline(run.base, run.model, name)
-    assert type(pipe.scheduler).__name__ == sample.SCHEDULERS[name][0]
+    # `pipeline`: the scheduler stored with the base model, as the authors sample.
+    stored = json.loads((Path(run.base) / "scheduler" / "scheduler_config.json").read_text())
+    expected = stored["_class_name"] if name == "pipeline" else sample.SCHEDULERS[name][0]
+    assert type(pipe.scheduler).__name__ == expected
     images = sample.generate(pipe, ["SLO fundus image"], [1], 32, 3, 2.0)
     assert images.shape == (1, 32, 32, 3)
 
 
-def test_sampling_uses_the_ema_unet(run, tmp_path):
+def test_the_config_names_every_sampler(root):
+    import yaml
+
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["$defs"]["sampler"]["enum"] == list(sample.SCHEDULERS)
+
+
+def test_sample_weights_pick_the_ema_or_the_raw_unet(run, tmp_path):
+    import shutil
+
     import torch
     from safetensors.torch import load_file
 
-    pipe = sample.load_pipeline(run.base, run.model, "ddim")
-    ema = load_file(run.model / "unet_ema" / "diffusion_pytorch_model.safetensors")
-    assert torch.equal(pipe.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
-    with pytest.raises(FairDiffError, match="no unet_ema"):
+    for weights, folder in (("ema", "unet_ema"), ("raw", "unet")):
+        # float16 asked for: a GPU would get it, the CPU stays at float32.
+        pipe = sample.load_pipeline(run.base, run.model, "ddim", weights, "float16")
+        stored = load_file(run.model / folder / "diffusion_pytorch_model.safetensors")
+        assert torch.equal(pipe.unet.state_dict()["conv_in.weight"].float(),
+                           stored["conv_in.weight"])
+        if not torch.cuda.is_available():
+            assert pipe.unet.dtype == torch.float32
+    # The two are different weights (a run with EMA keeps both).
+    assert not torch.equal(
+        load_file(run.model / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"],
+        load_file(run.model / "unet_ema" / "diffusion_pytorch_model.safetensors")[
+            "conv_in.weight"])
+    # A run trained without EMA: `ema` falls back to unet/, as documented.
+    no_ema = tmp_path / "no_ema"
+    shutil.copytree(run.model / "unet", no_ema / "unet")
+    assert sample.unet_folder(no_ema, "ema") == no_ema / "unet"
+    with pytest.raises(FairDiffError, match=r"no unet_ema/ or unet/ folder \(sample.weights: ema"):
         sample.unet_folder(tmp_path)
+    with pytest.raises(FairDiffError, match=r"no unet/ folder \(sample.weights: raw"):
+        sample.unet_folder(tmp_path / "empty", "raw")
 
 
 def test_test_split_writes_pngs_and_prompts(run):

@@ -82,6 +82,7 @@ def test_arms_share_data_noise_and_timesteps_for_a_seed(run):
     log_b = pd.read_csv(base / "train_log.csv")
     log_r = pd.read_csv(rand / "train_log.csv")
     log_s = pd.read_csv(other_seed / "train_log.csv")
+    assert (log_r["method"] == "random").all() and (log_s["seed"] == 1).all()
     # Step 1's unweighted loss is computed before any update: same batch, noise and timesteps.
     assert log_b["loss"][0] == log_r["loss"][0]
     assert log_b["loss"][0] != log_s["loss"][0]
@@ -118,12 +119,16 @@ def test_outputs_load_in_a_stock_pipeline(run):
         load_file(out / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"],
         load_file(out / "unet_ema" / "diffusion_pytorch_model.safetensors")["conv_in.weight"])
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "time"]
+    assert list(log.columns) == ["method", "seed", "step", "loss", "lr", "time"]
     assert log["step"].tolist() == [1, 2, 3, 4]
     # Constant LR after the linear warm-up.
     lr = run.settings["learning_rate"]
     assert log["lr"].tolist() == pytest.approx([lr / 2, lr, lr, lr])   # lr_warmup_steps = 2
     trajectory = pd.read_csv(out / "bo_trajectory.csv")
+    # Each row names its run (the report reads these columns, not the path).
+    for frame in (log, trajectory):
+        assert list(frame.columns[:2]) == ["method", "seed"]
+        assert (frame["method"] == "fairdiffusion").all() and (frame["seed"] == 0).all()
     assert (trajectory["kind"] == "step").sum() == 4
     assert (trajectory["kind"] == "bo_update").sum() == 1
     info = json.loads((out / "run_info.json").read_text())
@@ -135,6 +140,18 @@ def test_resume_with_different_settings_is_refused(run):
     with pytest.raises(FairDiffError,
                        match=r"different training settings \(train.learning_rate\)"):
         _train(run, "refuse", max_steps=4, learning_rate=1e-2)
+
+
+def test_keep_checkpoints_keeps_the_newest_and_may_change_on_resume(run):
+    folder = run.root / "checkpoints" / "keep"
+    _train(run, "keep", max_steps=3, checkpoint_every=1, keep_checkpoints=1)
+    assert [p.name for p in sorted(folder.iterdir())] == ["checkpoint-0000003"]
+    # How many are kept does not change what is computed: a resume with another count goes on.
+    _train(run, "keep", max_steps=4, checkpoint_every=1, keep_checkpoints=3)
+    assert [p.name for p in sorted(folder.iterdir())] == ["checkpoint-0000003",
+                                                          "checkpoint-0000004"]
+    info = json.loads((run.root / "models" / "keep" / "run_info.json").read_text())
+    assert info["settings"]["resumed_from"].endswith("checkpoint-0000003")
 
 
 def test_cache_of_another_split_is_refused(run):
@@ -207,6 +224,90 @@ def test_killed_run_resumes_to_the_same_weights(run):
         b = pd.read_csv(run.root / "models" / "killed" / csv)
         cols = [c for c in a.columns if c != "time"]
         pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def _watch(run, **overrides):
+    return {**run.settings["validation"], "every": 2, "images_per_prompt": 2,
+            "num_inference_steps": 2, "scheduler": "ddim", **overrides}
+
+
+def test_validation_writes_grids_and_events_and_leaves_the_weights_alone(run):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fairdiffusion import sample
+
+    plain = _train(run, "watch_off", "fairdiffusion", max_steps=3)
+    watched = _train(run, "watch_on", "fairdiffusion", max_steps=3, validation=_watch(run))
+    a, b = _weights(plain), _weights(watched)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for csv in ("train_log.csv", "bo_trajectory.csv"):
+        x, y = pd.read_csv(plain / csv), pd.read_csv(watched / csv)
+        cols = [c for c in x.columns if c != "time"]
+        pd.testing.assert_frame_equal(x[cols], y[cols])
+
+    # One distinct train-split row per group of each attribute, in the config's order.
+    prompts = pd.read_csv(watched / "validation" / "prompts.csv", dtype=str)
+    assert list(zip(prompts["attribute"], prompts["group"])) == [
+        (attribute, group) for attribute, groups in run.ds["attributes"].items()
+        for group in groups]
+    assert prompts["id"].is_unique
+    rows = manifest.read(run.root / "data" / "manifest.csv").set_index("id").loc[prompts["id"]]
+    assert (rows["split"] == "train").all()
+    assert [rows[a].iloc[i] for i, a in enumerate(prompts["attribute"])] == list(prompts["group"])
+    assert list(rows["prompt"]) == list(prompts["prompt"])
+
+    # A grid every 2 steps and one at the last; rows = prompts, columns = the fixed seeds.
+    grids = sorted(p.name for p in (watched / "validation").glob("step-*.png"))
+    assert grids == ["step-0000002.png", "step-0000003.png"]
+    last = np.asarray(Image.open(watched / "validation" / "step-0000003.png"))
+    assert last.shape == (len(prompts) * 32, 2 * 32, 3)
+    # Its cells are the final EMA weights sampled with the seeds prompts.csv names.
+    pipe = sample.load_pipeline(run.base, watched, "ddim")
+    seed = int(prompts["seeds"].iloc[1].split()[1])
+    cell = sample.generate(pipe, [prompts["prompt"].iloc[1]], [seed], 32, 2, 3.0)[0]
+    assert np.abs(last[32:64, 32:64].astype(int) - cell.astype(int)).max() <= 2
+
+    # TensorBoard: loss and lr as train_log.csv, sigma per group, and the grids.
+    events = EventAccumulator(str(watched / "tensorboard"))
+    events.Reload()
+    log = pd.read_csv(watched / "train_log.csv")
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(list(log["loss"]))
+    assert [e.step for e in events.Scalars("train/lr")] == list(log["step"])
+    sigma_tags = {t for t in events.Tags()["scalars"] if t.startswith("sigma/")}
+    assert sigma_tags == {f"sigma/{a}_{g}" for a, gs in run.ds["attributes"].items()
+                          for g in gs}
+    assert [e.step for e in events.Images("validation")] == [2, 3]
+
+
+def test_validation_events_continue_across_a_resume(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(run, "watch_resume", max_steps=2, validation=_watch(run))
+    out = _train(run, "watch_resume", max_steps=4, validation=_watch(run))   # resumes at 2
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    log = pd.read_csv(out / "train_log.csv")
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(log["step"]) == [1, 2, 3, 4]
+    assert [e.value for e in loss] == pytest.approx(list(log["loss"]))
+    assert sorted(p.name for p in (out / "validation").glob("step-*.png")) == [
+        "step-0000002.png", "step-0000004.png"]
+
+
+def test_validation_without_tensorboard(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # not installed
+    with pytest.raises(FairDiffError, match=r"train.validation.tensorboard is on but "
+                                            r"TensorBoard is not installed: pip install"):
+        _train(run, "watch_no_tb", max_steps=2, validation=_watch(run))
+    assert not (run.root / "models" / "watch_no_tb").exists()
+    assert not (run.root / "checkpoints" / "watch_no_tb").exists()
+    # With the event file off, the grids are written all the same.
+    out = _train(run, "watch_no_tb", max_steps=2, validation=_watch(run, tensorboard=False))
+    assert (out / "validation" / "step-0000002.png").exists()
+    assert not (out / "tensorboard").exists()
 
 
 def test_v_prediction_follows_the_scheduler_config(run):

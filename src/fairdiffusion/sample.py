@@ -7,7 +7,10 @@ training seed (the train-on-synthetic classifiers), one image each.
 Every image has its own seed, derived from (seed, source row id, copy index), and its own
 generator, so any image can be regenerated alone (`generate` with a one-element list) and a batch
 gives the same pixels up to floating-point noise. The pipeline is a stock StableDiffusionPipeline
-built from the base stack with the trained UNet (the EMA UNet when present).
+built from the base stack with the trained UNet: sample.weights picks the EMA weights (unet_ema/,
+or unet/ when the run kept none) or the raw ones (unet/, what the authors evaluate);
+sample.scheduler a sampler, or `pipeline` for the base model's own scheduler as stored with it;
+sample.dtype the precision on a GPU (always float32 on CPU).
 
 Resume: images go into a hidden partial folder beside the output (not a declared output, so it
 survives a failed job); images already there are skipped when they were made by the same model
@@ -34,7 +37,9 @@ from .errors import FairDiffError
 
 log = logging.getLogger(__name__)
 
+# Samplers by config name: diffusers class and options; `pipeline` keeps the base's own scheduler.
 SCHEDULERS = {
+    "pipeline": None,
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
@@ -49,31 +54,56 @@ def image_seed(seed: int, source_id: str, copy: int) -> int:
     return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
 
 
-def unet_folder(model_dir: Path) -> Path:
-    """The UNet to sample from: the EMA weights when the run kept them."""
-    for name in ("unet_ema", "unet"):
+WEIGHTS = {"ema": ("unet_ema", "unet"), "raw": ("unet",)}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def unet_folder(model_dir: Path, weights: str = "ema") -> Path:
+    """The UNet to sample from: `ema` - the EMA weights when the run kept them, else the raw
+    ones; `raw` - the raw training weights."""
+    names = WEIGHTS[weights]
+    for name in names:
         if (model_dir / name / "config.json").exists():
             return model_dir / name
-    raise FairDiffError(f"{model_dir}: no unet_ema/ or unet/ folder (run train first)")
+    raise FairDiffError(f"{model_dir}: no {' or '.join(f'{n}/' for n in names)} folder "
+                        f"(sample.weights: {weights}; run train first)")
 
 
-def load_pipeline(base: str, model_dir: Path | None, scheduler: str):
-    """StableDiffusionPipeline of the base stack with the trained UNet and the chosen sampler."""
+def dtype_of(name: str) -> torch.dtype:
+    """sample.dtype on a GPU; float32 on CPU, where half precision is slow or unsupported."""
+    return DTYPES[name] if torch.cuda.is_available() else torch.float32
+
+
+def build_pipeline(base: str, scheduler: str, unet=None, dtype=torch.float32):
+    """StableDiffusionPipeline of the base stack with `unet` (default: the base's own) and the
+    chosen sampler, in `dtype`, on the GPU when there is one. Training's validation samples
+    through it too."""
     import diffusers
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     models.load(base, "scheduler")  # a clear error when the base stack is missing
-    kwargs = {}
-    if model_dir is not None:
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet_folder(model_dir))
+    kwargs = {} if unet is None else {"unet": unet.to(dtype)}
     pipe = StableDiffusionPipeline.from_pretrained(
         base, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        **kwargs)
-    name, extra = SCHEDULERS[scheduler]
-    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **extra)
+        torch_dtype=dtype, **kwargs)
+    if SCHEDULERS[scheduler] is not None:
+        name, extra = SCHEDULERS[scheduler]
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **extra)
     pipe.vae.enable_slicing()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(base: str, model_dir: Path | None, scheduler: str, weights: str = "ema",
+                  dtype: str = "float32"):
+    """The pipeline of a trained run folder's UNet (the base's own UNet when model_dir is None)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = None
+    if model_dir is not None:
+        unet = UNet2DConditionModel.from_pretrained(unet_folder(model_dir, weights),
+                                                    torch_dtype=dtype_of(dtype))
+    return build_pipeline(base, scheduler, unet, dtype_of(dtype))
 
 
 @torch.no_grad()
@@ -120,7 +150,8 @@ def sample(base: str, model_dir: Path, manifest_path: Path, split: str, dataset:
     # named by position, so the plan's prompts and seeds are part of the key).
     from .train import file_hash
 
-    weights = unet_folder(model_dir) / "diffusion_pytorch_model.safetensors"
+    unet = unet_folder(model_dir, settings["weights"])
+    weights = unet / "diffusion_pytorch_model.safetensors"
     key = json.dumps({"base": base, "weights": file_hash(weights) if weights.exists() else None,
                       "split": split, "sample": settings, "seed": seed,
                       "resolution": dataset["resolution"],
@@ -133,7 +164,8 @@ def sample(base: str, model_dir: Path, manifest_path: Path, split: str, dataset:
     (partial / "key.json").write_text(key)
     todo = jobs[[not (partial / name).exists() for name in jobs["image"]]]
     log.info("%s: %d images (%d already in %s)", split, len(jobs), len(jobs) - len(todo), partial)
-    pipe = load_pipeline(base, model_dir, settings["scheduler"])
+    pipe = load_pipeline(base, model_dir, settings["scheduler"], settings["weights"],
+                         settings["dtype"])
     batch = settings["batch_size"]
     for start in tqdm(range(0, len(todo), batch), desc=f"sample {split}", mininterval=5,
                       unit="batch"):
@@ -147,7 +179,7 @@ def sample(base: str, model_dir: Path, manifest_path: Path, split: str, dataset:
     columns = [c for c in frame.columns if c != "copy"] + ["source_id", "copy", "seed"]
     jobs[columns].to_csv(partial / "prompts.csv", index=False)
     io.write_json(partial / "run_info.json", io.run_info(
-        {"base": base, "model": str(model_dir), "unet": str(unet_folder(model_dir)),
+        {"base": base, "model": str(model_dir), "unet": str(unet),
          "split": split, "sample": settings, "seed": seed}))
     if out.exists():
         shutil.rmtree(out)

@@ -1,5 +1,6 @@
 # Sampling: images for the prompts of the test split (quality metrics) and of the train split
-# (train-on-synthetic classifiers), from each trained UNet (its EMA weights when kept).
+# (train-on-synthetic classifiers), from each trained UNet (the EMA or raw weights, as
+# sample.weights says).
 
 
 rule sample:
