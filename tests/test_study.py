@@ -400,3 +400,14 @@ def test_the_verdict_reads_the_adjusted_interval():
            "holm_pvalue": 0.08, "n_seeds": 8}
     assert text.verdict(row) == "none"
     assert "adjusted 95% CI -0.110 to +0.010, Holm p = 0.080" in text.fmt(row, 0.95)
+
+
+def test_the_gap_precondition_reads_the_baseline_gap():
+    runs = pd.DataFrame({"method": ["baseline"] * 2, "seed": [0, 1], "source": ["measured"] * 2,
+                         "metric": ["accuracy-gap"] * 2, "task": ["cup_disc"] * 2,
+                         "attribute": ["race"] * 2, "group": ["all"] * 2, "value": [0.2, 0.3]})
+    for min_gap, ok in ((0.1, True), (0.3, False)):
+        checks = compute.preconditions(runs, None, None, {**SETTINGS, "min_gap": min_gap},
+                                       ATTRS, list(LABELS))
+        gap = [c for c in checks if c["check"] == "baseline gap"][0]
+        assert gap["ok"] is ok and "0.25" in gap["detail"]

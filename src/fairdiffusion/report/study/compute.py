@@ -427,6 +427,15 @@ def preconditions(runs: pd.DataFrame, ceiling: pd.DataFrame | None, majority: st
             parts.append(f"{group} {number(base[group], 3)} (target {low}-{high})")
         checks.append({"check": "baseline calibration", "ok": ok,
                        "detail": f"baseline {task} accuracy: " + ", ".join(parts)})
+    if settings.get("min_gap") is not None:
+        gap = runs[(runs["method"] == baseline) & (runs["source"] == "measured")
+                   & (runs["metric"] == "accuracy-gap") & (runs["task"] == task)
+                   & (runs["attribute"] == attribute)]["value"]
+        checks.append({"check": "baseline gap", "ok": bool(len(gap)) and
+                       bool(gap.mean() >= settings["min_gap"]),
+                       "detail": f"baseline {task} accuracy gap across {attribute}: "
+                                 f"{number(gap.mean(), 3) if len(gap) else 'none'} (required >= "
+                                 f"{settings['min_gap']}: a gap to narrow)"})
     # A pair needs both arms: count the seeds every arm shares with the baseline.
     seeds = runs.groupby("method")["seed"].agg(set)
     base_seeds = seeds.get(baseline, set())
