@@ -17,8 +17,7 @@ def default(root):
 
 
 # Overlays: given after the config they extend (`--configfile BASE OVERLAY`).
-OVERLAYS = {"study_3seeds.yaml": "configs/study.yaml", "study_text64.yaml": "configs/study.yaml",
-            "study_text_trained.yaml": "configs/study.yaml", "smoke.yaml": "config.yaml"}
+OVERLAYS = {"study_pilot.yaml": "configs/study.yaml", "smoke.yaml": "config.yaml"}
 
 
 def test_shipped_configs_validate_and_get_defaults(root):

@@ -344,8 +344,8 @@ def test_study_target_dry_runs_with_the_study_config(root):
     assert done.returncode == 0, done.stderr[-2000:]
     planned = done.stdout
     assert "rule study_page:" in planned
-    for arm in ("baseline", "fairdiffusion", "random", "fairdiffusion_vr"):
-        assert f"results/models/synthfundus_study/{arm}/seed4/bo_trajectory.csv" in planned
+    for arm in ("baseline", "fairdiffusion", "random", "balanced", "reweighted", "groupdro"):
+        assert f"results/study/models/synthfundus_study/{arm}/seed7/bo_trajectory.csv" in planned
     assert "--replace-workflow-config" in planned  # the page names the command that made it
 
 
