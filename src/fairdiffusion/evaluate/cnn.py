@@ -10,7 +10,6 @@ local weights file; the semantic stage may build one single-head network per lab
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -115,7 +114,7 @@ def load_state(path: str, key: str) -> dict:
         return load_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # weights_only refuses anything but tensors (UnpicklingError)
         first = str(err).strip().splitlines()[0]
         raise FairDiffError(f"{key}: {path} is not a plain state dict ({first})") from None
 
