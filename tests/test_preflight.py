@@ -74,7 +74,8 @@ def test_paper_config_names_every_missing_piece(tmp_path, monkeypatch):
     rows = {line.split("  ")[0].strip(): line
             for line in (tmp_path / "logs" / "preflight.log").read_text().splitlines()
             if "PROBLEM" in line}
-    assert {"model", "dataset fairgenmed", "dataset chexpert", "Inception weights"} <= set(rows)
+    assert {"model", "dataset fairgenmed", "dataset chexpert", "Inception weights",
+            "classifier weights"} <= set(rows)
     assert "HF_HUB_OFFLINE" in rows["model"]
     assert "hf auth login" in rows["dataset fairgenmed"]
     assert "datasets.chexpert.path" in rows["dataset chexpert"]

@@ -89,9 +89,13 @@ rule download_inception:
 # ImageNet weights of a torchvision classifier (evaluate.classifier.backbone_weights). The file
 # names of torchvision's published weights carry the first 8 hex digits of their sha256, which
 # the download verifies.
+TORCHVISION_WEIGHTS = "resources/torchvision/{name}-{sha256_prefix}.pth"
+TORCHVISION_URL = "https://download.pytorch.org/models/{name}-{sha256_prefix}.pth"
+
+
 rule download_torchvision_weights:
     output:
-        weights="resources/torchvision/{name}-{sha256_prefix}.pth",
+        weights=TORCHVISION_WEIGHTS,
     log:
         "logs/download_torchvision_weights/{name}-{sha256_prefix}.log",
     wildcard_constraints:
@@ -105,7 +109,9 @@ rule download_torchvision_weights:
         mem_mb=2000,
         runtime=30,
     params:
-        url=lambda wc: f"https://download.pytorch.org/models/{wc.name}-{wc.sha256_prefix}.pth",
+        url=lambda wc: TORCHVISION_URL.format(
+            name=wc.name, sha256_prefix=wc.sha256_prefix
+        ),
     shell:
         "fairdiff download --url {params.url} --sha256-prefix {wildcards.sha256_prefix} "
         "--out {output.weights} > {log} 2>&1"

@@ -1,4 +1,7 @@
 # Helpers of preflight.smk: what the SLURM profile sets, and which weight files a config needs.
+import re
+
+from snakemake.io import regex_from_filepattern
 
 
 def resource_value(resources, name):
@@ -26,12 +29,24 @@ def slurm_settings(resources):
 
 def needed_weights():
     """Weight files the evaluation needs, with the URL their download rule fetches."""
-    if config["evaluate"]["extractor"] != "inception-v3-compat":
-        return []
-    return [
-        {
-            "what": "Inception weights",
-            "path": config["evaluate"]["inception_weights"],
-            "url": INCEPTION_URL,
-        }
-    ]
+    evaluate = config["evaluate"]
+    files = []
+    if evaluate["extractor"] == "inception-v3-compat":
+        files.append(
+            {
+                "what": "Inception weights",
+                "path": evaluate["inception_weights"],
+                "url": INCEPTION_URL,
+            }
+        )
+    classifier = evaluate["classifier"]["backbone_weights"]
+    if classifier:
+        found = re.match(regex_from_filepattern(TORCHVISION_WEIGHTS), classifier)
+        files.append(
+            {
+                "what": "classifier weights",
+                "path": classifier,
+                "url": TORCHVISION_URL.format(**found.groupdict()) if found else None,
+            }
+        )
+    return files
