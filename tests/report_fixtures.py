@@ -118,6 +118,8 @@ def pipeline_outputs(results: Path, methods=("baseline", "fairdiffusion"), seeds
                 image(samples / name, rng)
             write(samples / "prompts.csv", test.to_dict("records"))
     real = results / "metrics" / dataset / "real"
+    write(real / "quality.csv",
+          [{**r, "dataset": dataset} for r in quality_rows("real", 0, 1.0, 3.0, 0.001)])
     write(real / "semantic.csv", [{**r, "dataset": dataset} for r in semantic_rows("real", 0, 0.9)])
     write(real / "measured.csv",
           [{**r, "dataset": dataset} for r in measured_rows("real", 0, 0.95)])

@@ -284,6 +284,37 @@ def test_quality_semantic_measure_commands_write_tidy_csvs(env):
     assert got["value"].item() == pytest.approx(right)
 
 
+def test_quality_of_the_real_training_images_is_the_perfect_generator_row(env, caplog):
+    """--generated-split puts a manifest split in the generated role: the groups come from the
+    manifest, the values equal evaluate() on those features, and there is no MiFID (the set
+    would be its own memorization reference: distance 0)."""
+    root = env["root"]
+    out = root / "reference_quality.csv"
+    with caplog.at_level("INFO"):
+        assert main(["quality", "--generated", str(root / "train.safetensors"), "--generated-table",
+                     str(env["manifest"]), "--generated-split", "train", "--real",
+                     str(root / "real.safetensors"), "--reference", str(root / "train.safetensors"),
+                     "--manifest", str(env["manifest"]), "--dataset", env["ds"], "--evaluate",
+                     env["ev"], "--name", "toy", "--method", "real", "--seed", "0",
+                     "--out", str(out)]) == 0
+    assert "no MiFID" in caplog.text
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert "MiFID" not in set(rows.metric) and set(rows.method) == {"real"}
+    train_rows = images.read_table(env["manifest"], "train", ATTRIBUTES, LABELS)
+    real_rows = images.read_table(env["manifest"], "test", ATTRIBUTES, LABELS)
+    t, _, tag, layers = features.load(root / "train.safetensors")
+    r, _, _, _ = features.load(root / "real.safetensors")
+    expected = pd.DataFrame(quality.evaluate(t, train_rows, r, real_rows, ATTRIBUTES, layers,
+                                             json.loads(env["ev"]), {"dataset": "toy"}, 0))
+    for metric in ("FID", "FID-raw", "ES-FID"):
+        got = rows[(rows.metric == metric) & (rows.attribute == "race")]["value"].to_numpy()
+        want = expected[(expected.metric == metric) & (expected.attribute == "race")]["value"]
+        assert got == pytest.approx(want.to_numpy())
+    n_train = (train_rows["race"] == "Asian").sum()
+    raw_asian = rows[(rows.metric == "FID-raw") & (rows.group == "Asian")]
+    assert int(raw_asian["n"].item()) == n_train   # the training images' group, not the samples'
+
+
 def _quality_inputs(env):
     gen_rows, _ = rows_and_images(env, "gen")
     real_rows, _ = rows_and_images(env, "real")

@@ -96,6 +96,7 @@ def test_default_targets_and_report_on_a_tiny_config(straight):
         assert info["settings"]["kind"] == kind and info["versions"]["fairdiffusion"]
     quality = pd.read_csv(tables / "quality_synthfundus.csv")
     assert set(FULL["methods"]) <= set(quality.iloc[:, 0])
+    assert "real train vs test (perfect generator)" in set(quality.iloc[:, 0])
     for kind in ("groups", "es", "trajectory", "loss", "samples"):
         assert (tmp_path / "results" / "figures" / f"{kind}_synthfundus.png").stat().st_size > 0
     for folder in (tmp_path / "results" / "metrics" / "synthfundus").glob("*/seed0"):

@@ -143,6 +143,22 @@ def test_semantic_reference_shown_but_never_best():
     assert mean == pytest.approx(0.705, abs=5e-4) and std == pytest.approx(0.00707, abs=5e-4)
 
 
+def test_quality_tables_show_the_perfect_generator_row_without_letting_it_compete():
+    """The real training images against the real test images are the floor of every group
+    disparity: shown in the quality and groups tables, never best though their FID is lowest."""
+    frame = pd.DataFrame(quality_rows("real", 0, 0.5, 3.0, 0.0001) + quality_rows("baseline", 0, 4.0, 2.0, 0.01)
+                         + quality_rows("fairdiffusion", 0, 3.0, 2.5, 0.02))
+    name = "real train vs test (perfect generator)"
+    for table in (tables.quality(frame), tables.groups(frame)):
+        assert list(table.text["method"]) == [name, "baseline", "fairdiffusion"]
+        assert cell(table, "FID ↓ [domain]" if "FID ↓ [domain]" in table.text.columns
+                    else "FID ↓ race: Asian [domain]", name)[1] is False
+        assert "perfect generator" in table.note
+    quality_table = tables.quality(frame)
+    assert cell(quality_table, "FID ↓ [domain]", "fairdiffusion") == ("3.000", True)
+    assert cell(quality_table, "FID ↓ [domain]", name) == ("0.5000", False)
+
+
 def test_measured_has_ceiling_row():
     rows = measured_rows("real", 0, 0.98) + measured_rows("baseline", 0, 0.6) \
         + measured_rows("fairdiffusion", 0, 0.7)

@@ -85,12 +85,38 @@ rule quality:
     params:
         dataset=lambda wc: as_arg(dataset_cfg(wc)),
         evaluate=as_arg(config["evaluate"]),
+        generated_split="",
+        method=lambda wc: wc.method,
+        seed=lambda wc: wc.seed,
     shell:
         "fairdiff quality --generated {input.generated} --generated-table {input.samples} "
-        "--real {input.real} --reference {input.reference} --manifest {input.manifest} "
-        "--dataset {params.dataset} --evaluate {params.evaluate} --name {wildcards.dataset} "
-        "--method {wildcards.method} --seed {wildcards.seed} --threads {threads} "
-        "--out {output.csv} > {log} 2>&1"
+        "{params.generated_split} --real {input.real} --reference {input.reference} "
+        "--manifest {input.manifest} --dataset {params.dataset} --evaluate {params.evaluate} "
+        "--name {wildcards.dataset} --method {params.method} --seed {params.seed} "
+        "--threads {threads} --out {output.csv} > {log} 2>&1"
+
+
+# The real training images in the generated role: what a perfect generator scores. Every
+# group disparity of an arm reads against this row's (sampling noise at the groups' sizes).
+use rule quality as quality_reference with:
+    input:
+        generated=lambda wc: feature_file(wc.dataset, "real-train"),
+        samples=MANIFEST,
+        real=lambda wc: feature_file(wc.dataset, "real-test"),
+        reference=lambda wc: feature_file(wc.dataset, "real-train"),
+        manifest=MANIFEST,
+    output:
+        csv=fill(REFERENCE_METRICS, file="quality.csv"),
+    log:
+        "logs/quality_reference/{dataset}.log",
+    benchmark:
+        "benchmarks/quality_reference/{dataset}.tsv"
+    params:
+        dataset=lambda wc: as_arg(dataset_cfg(wc)),
+        evaluate=as_arg(config["evaluate"]),
+        generated_split="--generated-split train",
+        method="real",
+        seed=SEEDS[0],
 
 
 rule semantic:

@@ -15,7 +15,7 @@
 #   features/{dataset}/{extractor}/{imageset}.safetensors extract_features
 #   metrics/{dataset}/{method}/seed{seed}/{file}          quality, semantic, measure: tidy
 #                                              CSVs (+ per-image predictions and measurements)
-#   metrics/{dataset}/real/{file}              semantic_reference, measure_reference
+#   metrics/{dataset}/real/{file}              quality_reference, semantic_reference, measure_reference
 #   tables/{kind}_{dataset}.csv, .md, .tex     table
 #   figures/{kind}_{dataset}.png (.pdf, .svg)  figure
 #   study/{dataset}/                           study_page

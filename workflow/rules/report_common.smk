@@ -70,8 +70,14 @@ def samples_options(wildcards):
 # Adding a kind: an entry here, the kind in fairdiffusion.report.tables/figures and its
 # paragraph in ../report/table.rst or figure.rst.
 TABLES = {
-    "quality": (lambda ds: {"metrics": metric_files(ds, "quality")}, ""),
-    "groups": (lambda ds: {"metrics": metric_files(ds, "quality")}, ""),
+    "quality": (
+        lambda ds: {"metrics": metric_files(ds, "quality", reference=True)},
+        "",
+    ),
+    "groups": (
+        lambda ds: {"metrics": metric_files(ds, "quality", reference=True)},
+        "",
+    ),
     "semantic": (
         lambda ds: {"metrics": metric_files(ds, "semantic", reference=True)},
         "",
@@ -90,10 +96,13 @@ TABLES = {
     ),
 }
 FIGURES = {
-    "groups": (lambda ds: {"metrics": metric_files(ds, "quality")}, lambda wc: ""),
+    "groups": (
+        lambda ds: {"metrics": metric_files(ds, "quality", reference=True)},
+        lambda wc: "",
+    ),
     "es": (
         lambda ds: {
-            "metrics": metric_files(ds, "quality")
+            "metrics": metric_files(ds, "quality", reference=True)
             + metric_files(ds, "semantic", reference=True)
         },
         lambda wc: "",

@@ -3,8 +3,9 @@
 Everything is computed from cached feature files (`fairdiff features`): the generated images
 of one run (input1, grouped by the attributes in their prompts), the real test images (input2,
 grouped by their manifest attributes) and the real training images (MiFID's memorization
-reference). Group g's metrics compare the generated images whose prompt names g with the real
-test images of g; IS uses the generated images of g alone. The maths is torch-fidelity's (its
+reference). With --generated-split the real training images take the generated role: a
+perfect generator's values, the floor of every disparity. Group g's metrics compare the
+generated images whose prompt names g with the real test images of g; IS uses the generated images of g alone. The maths is torch-fidelity's (its
 *_featuresdict_to_* / *_statistics_to_* functions), fed the cached features -- no network runs
 here.
 
@@ -361,7 +362,12 @@ def aligned(path: str, rows, what: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generated", required=True, help="features of the generated images")
-    parser.add_argument("--generated-table", required=True, help="their samples folder or prompts.csv")
+    parser.add_argument("--generated-table", required=True,
+                        help="their samples folder or prompts.csv (or a manifest, with "
+                             "--generated-split: real images in the generated role)")
+    parser.add_argument("--generated-split", default=None,
+                        help="manifest split of --generated-table (the perfect-generator "
+                             "reference: real training images against the real test images)")
     parser.add_argument("--real", required=True, help="features of the real test images")
     parser.add_argument("--reference", required=True,
                         help="features of the real training images (MiFID's memorization reference)")
@@ -381,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     runtime.set_threads(args.threads)
     attributes, labels = args.dataset["attributes"], args.dataset["labels"]
-    gen_rows = images.read_table(args.generated_table, None, attributes, labels)
+    gen_rows = images.read_table(args.generated_table, args.generated_split, attributes, labels)
     real_rows = images.read_table(args.manifest, args.split, attributes, labels)
     generated, tag, layers = aligned(args.generated, gen_rows, "generated")
     real, real_tag, _ = aligned(args.real, real_rows, "real")
@@ -391,6 +397,11 @@ def run(args: argparse.Namespace) -> None:
         if other != tag:
             raise FairDiffError(f"{args.generated}: extractor {tag} differs from {path}'s {other}")
     context = {"dataset": args.name, "method": args.method, "seed": args.seed, "extractor": tag}
+    if args.generated_split == args.reference_split:
+        # A set is its own nearest neighbour: MiFID's memorization term is 0 (its value infinite).
+        log.info("no MiFID: the generated set is the memorization reference (%s split)",
+                 args.reference_split)
+        reference = None
     rows = evaluate(generated, gen_rows, real, real_rows, attributes, layers, args.evaluate,
                     context, args.seed, reference)
     io.write_csv(args.out, tidy.frame(rows))
