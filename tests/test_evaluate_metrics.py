@@ -235,3 +235,27 @@ def test_jpeg_round_trip_changes_pixels_like_a_saved_jpeg(tmp_path):
     assert out.shape == array.shape and out.dtype == np.uint8 and (out != array).any()
     Image.fromarray(array[1]).save(tmp_path / "one.jpg")  # the authors' save: PIL's defaults
     assert (np.asarray(Image.open(tmp_path / "one.jpg")) == out[1]).all()
+
+
+@pytest.mark.parametrize("degrees", [-90, 90, 180, 30])
+def test_undo_rotation_returns_the_data_stage_image_upright(degrees):
+    """The data stage turns each image by options.rotate (nearest neighbour, same canvas);
+    evaluation turns it back, as the authors' PIL rotate(90) after their -90 does: for
+    multiples of 90 exactly the unrotated image, for other angles PIL's inverse turn."""
+    from PIL import Image
+
+    from fairdiffusion.data import images as data_images
+
+    rng = np.random.default_rng(1)
+    source = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    turned = data_images.convert(source, 16, data_images.Preprocess(rotate=degrees,
+                                                                     interpolation="bilinear"))
+    upright = data_images.convert(source, 16, data_images.Preprocess(interpolation="bilinear"))
+    back = images.undo_rotation(np.asarray(turned)[None], degrees)[0]
+    if degrees % 90 == 0:
+        assert not (np.asarray(turned) == np.asarray(upright)).all()
+        assert (back == np.asarray(upright)).all()
+    else:
+        assert (back == np.asarray(turned.rotate(-degrees))).all()
+    if degrees == -90:   # the authors' evaluation turn
+        assert (back == np.asarray(turned.rotate(90))).all()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from .. import io, models, runtime
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import cnn, images
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
     settings = args.evaluate["classifier"]
     head = is_label(labels, args.evaluate)
     train_rows = images.read_table(args.manifest, "train", attributes, labels)
-    train_images = models.read_images(train_rows.attrs["source"], train_rows)
+    train_images = images.read_upright(train_rows, args.dataset)
     log.info("training the domain extractor on %d real training images (labels %s; IS head %s)",
              len(train_rows), list(labels), head)
     torch.manual_seed(args.seed)  # initial weights (torch seeds each process at random)
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
     val_accuracy = {}
     if (images.read_table(args.manifest, None, attributes, labels)["split"] == "val").any():
         val_rows = images.read_table(args.manifest, "val", attributes, labels)
-        val_images = models.read_images(val_rows.attrs["source"], val_rows)
+        val_images = images.read_upright(val_rows, args.dataset)
         _, probs = cnn.predict(net, val_images, size)
         targets = cnn.encode_targets(val_rows, labels)
         val_accuracy = {k: float((probs[k].argmax(1) == targets[k]).mean()) for k in labels}

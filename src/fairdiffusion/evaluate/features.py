@@ -5,7 +5,9 @@ and `logits` for the domain extractor) and, in its metadata, the row ids (JSON l
 order), the extractor tag (with its weights hash) and the metric -> layer map. Every metric of
 every group is then computed from this file; the network never runs again for this set.
 
-evaluate.image_format jpeg passes every image through a JPEG encode/decode in memory first
+Images stored turned by the dataset's `options.rotate` (the paper's -90 degrees) are turned
+back first, as the authors do, so the extractor sees fundi upright. evaluate.image_format jpeg
+then passes every image through a JPEG encode/decode in memory
 (images.jpeg_round_trip, the authors' protocol); the tag then ends in `+jpeg75`, so features
 of PNG and JPEG images are never compared with each other.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io, models, runtime
+from .. import io, runtime
 from ..cli import json_arg
 from ..errors import FairDiffError
 from . import extractor as extractor_mod
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
     rows = images.read_table(args.table, args.split, args.dataset["attributes"], args.dataset["labels"])
     fe, tag, layers = extractor_mod.open_extractor(args.evaluate["extractor"], args.evaluate,
                                                    args.extractor_dir, cuda)
-    array = models.read_images(rows.attrs["source"], rows)
+    array = images.read_upright(rows, args.dataset)
     if args.evaluate["image_format"] == "jpeg":
         array = images.jpeg_round_trip(array)
         tag += f"+jpeg{images.JPEG_QUALITY}"

@@ -69,6 +69,27 @@ def jpeg_round_trip(images: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarr
     return out
 
 
+def undo_rotation(images: np.ndarray, degrees: float) -> np.ndarray:
+    """uint8 [N, H, W, 3] images turned back by the data stage's `options.rotate` (degrees,
+    counter-clockwise): the authors turn real and generated images back before any metric
+    (examples/text_to_image/evaluate_fairdiffusion.py:79-80, PIL's rotate(90) after the -90
+    of training). Multiples of 90 turn exactly; other angles as PIL's rotate on the same
+    canvas (nearest neighbour, like the data stage)."""
+    if degrees % 90 == 0:
+        return np.ascontiguousarray(np.rot90(images, k=int(-degrees // 90) % 4, axes=(1, 2)))
+    return np.stack([np.asarray(Image.fromarray(a).rotate(-degrees)) for a in images])
+
+
+def read_upright(rows: pd.DataFrame, dataset: dict) -> np.ndarray:
+    """uint8 [N, H, W, 3] images of an image table as the extractor sees them: turned back by
+    the dataset's `options.rotate` (undo_rotation)."""
+    from .. import models
+
+    array = models.read_images(rows.attrs["source"], rows)
+    rotate = float((dataset.get("options") or {}).get("rotate") or 0.0)
+    return undo_rotation(array, rotate) if rotate else array
+
+
 class UInt8Images(Dataset):
     """uint8 [N, H, W, 3] images as a Dataset of uint8 [3, H, W] tensors (torch-fidelity's input)."""
 
