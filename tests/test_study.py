@@ -261,9 +261,19 @@ def test_conclusion_follows_the_intervals(majority_worse):
     assert "Caution" not in conclusion  # every precondition holds in this fixture
     # The BO objective of the fixture is pure noise: its snr is reported.
     assert "The objective that fairdiffusion's GP is fitted to (y)" in conclusion
+    # The README's section: the brief conclusion (the mechanism of a narrowed gap stays; the
+    # group changes of an unchanged gap and the BO paragraph go), the primary table, the link.
     readme = (out / "readme.md").read_text()
-    assert readme.startswith("## Results") and conclusion.strip() in readme
-    assert f"]({out.as_posix()}/effects.png)" in readme
+    assert readme.startswith("## Results") and "preconditions met." in readme
+    brief = readme.split("intervals:\n\n")[1].split("\n\n")[0]
+    assert len(brief) < len(conclusion.strip())
+    assert "because the best-off group (White) got worse" in brief
+    assert "The objective that" not in brief and "Detectable group changes" not in brief
+    for sentence in brief.split(". "):
+        assert sentence.rstrip(".") in conclusion
+    assert text.split("Per arm, mean ± sd over seeds")[1].split("| baseline")[1].split("\n")[0] \
+        in readme
+    assert f"[{out.as_posix()}/study.md]({out.as_posix()}/study.md)" in readme
 
 
 def test_outputs_hold_runs_sigma_and_figures(majority_worse):

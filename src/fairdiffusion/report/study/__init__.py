@@ -8,8 +8,8 @@ Reads the metrics and training logs of every arm x seed of one dataset and write
                and the seeds the observed difference would need
   runs.csv     the value of every endpoint for every arm x seed (the data behind study.csv)
   study.md     the page: conclusion, preconditions, tables, figures, runtime, how it was derived
-  readme.md    the same conclusion, table and figures as a README 'Results' section (paths from
-               the repository root)
+  readme.md    a README 'Results' section: the brief conclusion (text.conclude), the primary
+               table and a link to study.md (its path from the repository root)
   effects.*, seeds.*, sigma.*   figures (--formats; png always)
 
 
@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> None:
     io.write_csv(out / "study.csv", res)
     io.write_csv(out / "runs.csv", runs)
     io.write_text(out / "study.md", T.page(*common, local, args.command, seconds_series))
-    section = T.page(*common, local, args.command, seconds_series, root=f"{out.as_posix()}/")
-    io.write_text(out / "readme.md", section.replace(f"# Validity study: {args.name}",
-                                                     "## Results", 1).replace("\n## ", "\n### "))
+    brief = T.conclude(res, runs, checks, settings, attributes, methods, args.window, brief=True)
+    io.write_text(out / "readme.md", T.readme_section(args.name, brief, checks, runs, settings,
+                                                      attributes, methods,
+                                                      f"{out.as_posix()}/study.md"))
     io.write_json(out / "run_info.json", io.run_info(io.stage_settings(args)))
     log.info("conclusion: %s", conclusion)

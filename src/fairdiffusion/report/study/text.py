@@ -18,6 +18,8 @@ The conclusion paragraph is generated from these numbers by `conclude` (never ha
 5. For each BO arm, the signal-to-noise of the objective its GP is fitted to (y, or y_vr for
    fairdiffusion_vr): within-window sd against |mean y|, snr, and in how many seeds the
    permutation p-value is below 1 - study.level.
+The brief form (the README's section, `readme_section`) keeps 1, 2, 4 and the mechanism of a
+narrowed gap (3), and leaves out the group changes of an unchanged gap and 5.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ def overall_sentence(overall, level: float) -> str:
 
 
 def conclude(res: pd.DataFrame, runs: pd.DataFrame, checks: list[dict], settings: dict,
-             attributes: dict, methods: list[str], window: int) -> str:
-    """The conclusion paragraph, derived from the numbers by the rules of the module doc."""
+             attributes: dict, methods: list[str], window: int, brief: bool = False) -> str:
+    """The conclusion paragraph, derived from the numbers by the rules of the module doc
+    (`brief`: its short form)."""
     level = settings["level"]
 
     def f(row) -> str:
@@ -146,13 +149,13 @@ def conclude(res: pd.DataFrame, runs: pd.DataFrame, checks: list[dict], settings
                     f"{g} got worse ({f(by_group[g])})" for g in worse) + ".")
             else:
                 sentence += " No single group's change is detectable on its own."
-        elif worse or better:
+        elif (worse or better) and not brief:
             sentence += (" Detectable group changes: " + ", ".join(
                 [f"{g} worse ({f(by_group[g])})" for g in worse]
                 + [f"{g} better ({f(by_group[g])})" for g in better]) + ".")
         parts.append(head + sentence)
     alpha = 1.0 - level
-    for arm in bo_arms(methods):
+    for arm in [] if brief else bo_arms(methods):
         objective = ARMS[arm].objective
         part = runs[(runs["method"] == arm) & (runs["source"] == "bo")
                     & (runs["task"] == objective)].pivot_table(
@@ -288,6 +291,31 @@ def _int(value) -> str:
 
 
 # -- page --------------------------------------------------------------------------------------
+
+
+def readme_section(name: str, conclusion: str, checks, runs, settings, attributes,
+                   methods, page_link: str) -> str:
+    """The README's 'Results' section: the brief conclusion, the primary table, the link."""
+    groups = group_order(runs, settings, attributes)
+    unmet = [c["check"] for c in checks if c["ok"] is False]
+    header = (f"**Validity study on {name}**: {runs['seed'].nunique()} paired seeds, "
+              f"pre-registered; primary endpoint the {settings['task']} accuracy gap across "
+              f"{settings['attribute']}; preconditions "
+              + ("not met: " + ", ".join(unmet) if unmet else "met")
+              + ". The conclusion, generated from the Holm-adjusted intervals:")
+    return f"""## Results
+
+{header}
+
+{conclusion}
+
+Per arm, mean ± sd over seeds ({settings['task']} accuracy of the generated test images,
+measured; gap = max − min over {settings['attribute']}):
+
+{arm_table(runs, methods, primary_endpoints(settings, groups))}
+
+Paired effects, preconditions, secondary endpoints and figures: [{page_link}]({page_link}).
+"""
 
 
 def page(name: str, conclusion: str, checks, runs, res, settings, attributes, methods, window,
