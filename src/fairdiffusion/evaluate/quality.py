@@ -5,9 +5,9 @@ of one run (input1, grouped by the attributes in their prompts), the real test i
 grouped by their manifest attributes) and the real training images (MiFID's memorization
 reference). With --generated-split the real training images take the generated role: a
 perfect generator's values, the floor of every disparity. Group g's metrics compare the
-generated images whose prompt names g with the real test images of g; IS uses the generated images of g alone. The maths is torch-fidelity's (its
-*_featuresdict_to_* / *_statistics_to_* functions), fed the cached features -- no network runs
-here.
+generated images whose prompt names g with the real test images of g; IS uses the generated
+images of g alone. The maths is torch-fidelity's (its *_featuresdict_to_* /
+*_statistics_to_* functions), fed the cached features -- no network runs here.
 
 FID, IS and precision/recall depend on the number of images (FID is biased up roughly like
 1/n), so a small group scores worse than a large one even for a perfect generator. Hence two
